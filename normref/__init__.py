@@ -1,0 +1,18 @@
+"""normref: reference implementations of neural-network normalization layers.
+
+Hand-derived forward and backward passes in plain NumPy (the specification, :mod:`normref.ops`), stateful layers
+with PyTorch's conventions (:mod:`normref.nn`), compiled backends checked against the reference, and a gradient
+checker (:mod:`normref.gradcheck`) that proves every derivation.
+"""
+
+from . import functional, ops
+from ._registry import available_backends, resolve_backend, use_backend
+from .nn import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, Module, RMSNorm
+from .testing import gradcheck
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "Module", "RMSNorm",
+    "available_backends", "functional", "gradcheck", "ops", "resolve_backend", "use_backend",
+]

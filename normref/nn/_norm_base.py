@@ -1,0 +1,129 @@
+"""Shared machinery of the normalization layers: parameters, backend, cache, and running statistics.
+
+Each concrete layer is a few lines: which op it runs, its parameter shapes, and its hyperparameters. The math lives
+in the op modules (:mod:`normref.ops`); this file only moves state around them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .._registry import check_backend_name
+from .._validate import check_fraction, check_positive_float, check_positive_int
+from ..ops.running_stats import RunningStats, initial_running_stats, update_running_stats
+from .module import Module
+
+
+class NormLayer(Module):
+    """A layer that runs one registered op: ``forward`` keeps its cache, ``backward`` accumulates its gradients."""
+
+    op: str = ""
+    param_names: tuple[str, ...] = ("gamma", "beta")
+
+    def __init__(self, *, backend: str | None = None):
+        super().__init__()
+        self.backend = None if backend is None else check_backend_name(backend)
+        self.cache = None
+
+    def op_params(self) -> list:
+        """The op's positional parameters in order; ``None`` for one the layer does not have."""
+        return [self.params.get(name) for name in self.param_names]
+
+    def op_hyper(self) -> dict:
+        """The op's keyword hyperparameters (eps, num_groups, ...)."""
+        return {}
+
+    def given_stats(self):
+        """Statistics to normalize with instead of the batch's, or ``None``."""
+        return None
+
+    def check_input(self, x) -> None:
+        """Layer-level checks (the channel count against the constructor); the op validates the rest."""
+
+    def after_forward(self, cache) -> None:
+        """Hook for state updates after a forward (running statistics)."""
+
+    def forward(self, x):
+        self.check_input(x)
+        y, cache = F.forward(self.op, x, *self.op_params(), backend=self.backend, stats=self.given_stats(),
+                             **self.op_hyper())
+        self.cache = cache
+        self.after_forward(cache)
+        return y
+
+    def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        dx, *dparams = F.backward(self.op, dy, self.cache)
+        for name, grad in zip(self.param_names, dparams):
+            if name in self.params:
+                self.accumulate_grad(name, grad)
+        return dx
+
+
+def init_affine(layer: Module, shape: tuple[int, ...], *, gamma: bool, beta: bool, dtype) -> None:
+    """PyTorch's initial affine: gamma = 1, beta = 0."""
+    if gamma:
+        layer.add_param("gamma", np.ones(shape, dtype))
+    if beta:
+        layer.add_param("beta", np.zeros(shape, dtype))
+
+
+def check_channels(x, num_features: int, name: str = "num_features") -> None:
+    """Raise a clear error when ``x``'s channel axis (1) does not match the layer's ``num_features``."""
+    shape = getattr(x, "shape", None)
+    if shape is not None and len(shape) >= 2 and shape[1] != num_features:
+        raise ValueError(f"x has {shape[1]} channels (axis 1, shape {tuple(shape)}) but the layer was built with "
+                         f"{name}={num_features}")
+
+
+class TrackedNorm(NormLayer):
+    """A per-channel normalizer with optional running statistics (BatchNorm, InstanceNorm), PyTorch semantics.
+
+    In training the batch statistics are used and, with ``track_running_stats``, folded into the buffers by
+    :func:`normref.ops.running_stats.update_running_stats`. In eval the buffers are used when tracked, the batch
+    statistics otherwise.
+    """
+
+    batch_stats = staticmethod(lambda cache: None)  # cache -> (mean (C,), biased var (C,), count)
+
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, *, backend, dtype):
+        super().__init__(backend=backend)
+        self.num_features = check_positive_int(num_features, "num_features")
+        self.eps = check_positive_float(eps, "eps", allow_zero=True)
+        self.momentum = None if momentum is None else check_fraction(momentum, "momentum")
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.dtype = np.dtype(dtype)
+        init_affine(self, (self.num_features,), gamma=self.affine, beta=self.affine, dtype=self.dtype)
+        if self.track_running_stats:
+            self.reset_running_stats()
+
+    def reset_running_stats(self) -> None:
+        mean, var, tracked = initial_running_stats(self.num_features, self.dtype)
+        self.buffers.update(running_mean=mean, running_var=var, num_batches_tracked=tracked)
+
+    def op_hyper(self) -> dict:
+        return {"eps": self.eps}
+
+    def check_input(self, x) -> None:
+        check_channels(x, self.num_features)
+
+    def given_stats(self):
+        if self.training or not self.track_running_stats:
+            return None
+        return self.buffers["running_mean"], self.buffers["running_var"]
+
+    def after_forward(self, cache) -> None:
+        if self.training and self.track_running_stats:
+            mean, var, count = self.batch_stats(cache)
+            running = RunningStats(self.buffers["running_mean"], self.buffers["running_var"],
+                                   self.buffers["num_batches_tracked"])
+            new = update_running_stats(running, mean, var, count, momentum=self.momentum)
+            self.buffers.update(running_mean=new.running_mean, running_var=new.running_var,
+                                num_batches_tracked=new.num_batches_tracked)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
