@@ -8,7 +8,7 @@ checker (:mod:`normref.gradcheck`) that proves every derivation.
 from . import functional, ops
 from ._registry import available_backends, resolve_backend, use_backend
 from .nn import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, Module, RMSNorm
-from .testing import gradcheck
+from . import gradcheck
 
 __version__ = "0.1.0"
 
