@@ -9,6 +9,7 @@ from . import functional, ops
 from ._registry import available_backends, resolve_backend, use_backend
 from .nn import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, Module, RMSNorm
 from . import gradcheck
+from .nn import PowerNorm, UnifiedNorm
 
 __version__ = "0.1.0"
 
@@ -16,3 +17,4 @@ __all__ = [
     "BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "Module", "RMSNorm",
     "available_backends", "functional", "gradcheck", "ops", "resolve_backend", "use_backend",
 ]
+__all__ += ["PowerNorm", "UnifiedNorm"]
