@@ -18,3 +18,7 @@ __all__ = [
     "available_backends", "functional", "gradcheck", "ops", "resolve_backend", "use_backend",
 ]
 __all__ += ["PowerNorm", "UnifiedNorm"]
+from .nn import (BatchChannelNorm, DyT, EvoNormB0, EvoNormS0, ScaledWeightStandardization,  # noqa: E402
+                 WeightNorm, WeightStandardization)
+__all__ += ["BatchChannelNorm", "DyT", "EvoNormB0", "EvoNormS0", "ScaledWeightStandardization", "WeightNorm",
+            "WeightStandardization"]

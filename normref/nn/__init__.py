@@ -6,3 +6,8 @@ from .module import Module
 from ._norm_base import NormLayer
 from .power_norm import PowerNorm
 from .unified_norm import UnifiedNorm
+from .batch_channel_norm import BatchChannelNorm
+from .dyt import DyT
+from .evonorm import EvoNormB0, EvoNormS0
+from .weight_norm import WeightNorm
+from .weight_standardization import NF_GAMMA, ScaledWeightStandardization, WeightStandardization
