@@ -47,9 +47,12 @@ class Module:
         self.grads[name] = np.zeros_like(value)
 
     def accumulate_grad(self, name: str, grad) -> None:
-        """Add ``grad`` into ``grads[name]`` (gradients accumulate across backward calls)."""
+        """Add ``grad`` into ``grads[name]`` (gradients accumulate across backward calls).
+
+        The sum keeps the parameter's dtype: a float64 input through float32 parameters gives float32 gradients.
+        """
         if grad is not None:
-            self.grads[name] = self.grads[name] + grad
+            self.grads[name] = (self.grads[name] + grad).astype(self.params[name].dtype, copy=False)
 
     def zero_grad(self) -> None:
         for module in self.modules():

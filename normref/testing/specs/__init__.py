@@ -37,6 +37,8 @@ class LayerSpec:
     backward_kind: str = "exact"  # "exact" | "stop-gradient" | "surrogate": what finite differences are held to
     make_input: Callable = offset_input  # make_input(rng, shape) -> x
     set_ids: Callable | None = None  # set_ids(shape) -> int array like x: which normalized set each element is in
+    # (declare it only if the training output with unit affine is x standardized over these sets: unit variance, or
+    # unit mean square if not centered, up to eps; tests/test_properties.py then checks that and the invariances)
     centered: bool = True  # the normalized output has zero mean over each set
     tols: dict | None = None  # overrides of the checker's default tolerances, with the reason in a comment
     warmup_steps: int = 2  # training forwards before an eval check, so running statistics are not the init values
