@@ -18,6 +18,11 @@ __all__ = [
     "available_backends", "functional", "gradcheck", "ops", "resolve_backend", "use_backend",
 ]
 __all__ += ["PowerNorm", "UnifiedNorm"]
+from .nn import (AvgPool2d, Conv2d, CrossEntropyLoss, Dropout, Embedding, Flatten, GELU, GlobalAvgPool, Linear,  # noqa: E402
+                 MaxPool2d, MSELoss, MultiheadSelfAttention, ReLU, Residual, Sequential, Sigmoid, SiLU, Tanh)
+__all__ += ["AvgPool2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Embedding", "Flatten", "GELU", "GlobalAvgPool",
+            "Linear", "MaxPool2d", "MSELoss", "MultiheadSelfAttention", "ReLU", "Residual", "Sequential", "Sigmoid",
+            "SiLU", "Tanh"]
 from .nn import (BatchChannelNorm, DyT, EvoNormB0, EvoNormS0, ScaledWeightStandardization,  # noqa: E402
                  WeightNorm, WeightStandardization)
 __all__ += ["BatchChannelNorm", "DyT", "EvoNormB0", "EvoNormS0", "ScaledWeightStandardization", "WeightNorm",

@@ -44,7 +44,8 @@ def run(args) -> int:
     rows, skipped = [], []
     start = time.perf_counter()
     for spec in specs:
-        implemented = available_op_backends(spec.op)
+        # a spec without an op is a composite of NumPy reference ops (containers, models): numpy backend only
+        implemented = available_op_backends(spec.op) if spec.op else ["numpy"]
         for backend in backends:
             if backend not in implemented:
                 skipped.append(f"{spec.name}/{backend}")

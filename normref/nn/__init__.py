@@ -4,6 +4,16 @@ from .batch_norm import BatchNorm, InstanceNorm
 from .layer_norm import GroupNorm, LayerNorm, RMSNorm
 from .module import Module
 from ._norm_base import NormLayer
+from .activations import GELU, ReLU, Sigmoid, SiLU, Tanh
+from .attention import MultiheadSelfAttention
+from .containers import Flatten, Identity, Residual, Sequential
+from .conv import Conv2d
+from .dropout import Dropout
+from .embedding import Embedding
+from .flat import flatten_grads, flatten_params, load_npz, num_params, param_layout, save_npz, set_flat_params
+from .linear import Linear
+from .losses import CrossEntropyLoss, MSELoss
+from .pooling import AvgPool2d, GlobalAvgPool, MaxPool2d
 from .power_norm import PowerNorm
 from .unified_norm import UnifiedNorm
 from .batch_channel_norm import BatchChannelNorm
