@@ -17,6 +17,8 @@ __all__ = [
     "BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "Module", "RMSNorm",
     "available_backends", "functional", "gradcheck", "ops", "resolve_backend", "use_backend",
 ]
+from .nn import AlphaBatchNorm, RegionNormB, RegionNormL, ShardedSyncBatchNorm, SyncBatchNorm  # noqa: E402
+__all__ += ["AlphaBatchNorm", "RegionNormB", "RegionNormL", "ShardedSyncBatchNorm", "SyncBatchNorm"]
 __all__ += ["PowerNorm", "UnifiedNorm"]
 from .nn import (AvgPool2d, Conv2d, CrossEntropyLoss, Dropout, Embedding, Flatten, GELU, GlobalAvgPool, Linear,  # noqa: E402
                  MaxPool2d, MSELoss, MultiheadSelfAttention, ReLU, Residual, Sequential, Sigmoid, SiLU, Tanh)

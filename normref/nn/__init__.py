@@ -16,6 +16,9 @@ from .losses import CrossEntropyLoss, MSELoss
 from .pooling import AvgPool2d, GlobalAvgPool, MaxPool2d
 from .power_norm import PowerNorm
 from .unified_norm import UnifiedNorm
+from .region_norm import RegionNormB, RegionNormL
+from .test_time_bn import AlphaBatchNorm
+from .sync_batch_norm import MPICommunicator, ShardedSyncBatchNorm, SyncBatchNorm
 from .batch_channel_norm import BatchChannelNorm
 from .dyt import DyT
 from .evonorm import EvoNormB0, EvoNormS0
