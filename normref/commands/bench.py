@@ -1,0 +1,32 @@
+"""``normref bench``: Numba (and CUDA, PyTorch) against the NumPy reference and the memory-bandwidth floor.
+
+The measurement and the table are :mod:`normref.bench`; this module is only the command line.
+"""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="time the backends per layer and shape against the STREAM-triad floor")
+    p.add_argument("--layer", action="append", help="only this layer (repeatable), e.g. LayerNorm")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions (a smoke test)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 9; --quick: 3)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..bench import LAYERS, run_bench
+
+    known = {layer.name.lower() for layer in LAYERS}
+    unknown = {n.lower() for n in args.layer or []} - known
+    if unknown:
+        print(f"normref bench: unknown layer(s) {sorted(unknown)}; known: {[l.name for l in LAYERS]}",
+              file=sys.stderr)
+        return 2
+    if args.reps is not None and args.reps < 1:
+        print("normref bench: --reps must be at least 1", file=sys.stderr)
+        return 2
+    run_bench(layers=args.layer, quick=args.quick, reps=args.reps)
+    return 0

@@ -1,0 +1,155 @@
+# %% [markdown]
+# # 08 · From NumPy to Numba: fusion, passes over memory, and a reduction without races
+#
+# The NumPy reference (`normref.ops`) is written for reading: one array expression per line of the derivation.
+# Each expression is a full pass over memory, and a normalization layer does only a few flops per element, so its
+# speed is set by **how many times the tensor crosses the memory bus**, not by arithmetic.
+#
+# This tutorial counts those passes, shows how the `"numba"` backend fuses them (`normref.kernels.numba_cpu`), and
+# why its parameter gradients need a *two-stage* reduction. Run it with `QUICK=1` for tiny shapes.
+
+# %%
+import inspect
+import os
+
+import numpy as np
+
+from normref import functional as F
+from normref.bench import LAYERS, format_table, measure, stream_triad
+from normref.kernels.numba_cpu import _rowwise
+from normref.testing.gradcheck import norm_rel_error
+
+QUICK = os.environ.get("QUICK", "0") not in ("", "0")
+rng = np.random.default_rng(0)
+
+# %% [markdown]
+# ## 1. Passes over memory
+#
+# Count what the reference LayerNorm forward reads and writes, for `x` of shape `(rows, n)`:
+#
+# | step (NumPy) | reads | writes |
+# |---|---|---|
+# | `mean = x.mean(axis)` | x | – |
+# | `centered = x - mean` | x | tmp |
+# | `(centered * centered).mean(axis)` | tmp (twice) | tmp2 |
+# | `xhat = (x - mean) * rstd` | x, tmp3 | tmp3, xhat |
+# | `xhat * gamma + beta` | xhat, tmp4 | tmp4, y |
+#
+# About a dozen tensor-sized passes. The least any forward can do is **two**: read `x`, write `y`. The backward
+# needs `x` (or `xhat`) and `dy` and writes `dx`: three more. So the *bandwidth floor* of forward + backward is
+# five passes at the machine's streaming bandwidth, which `normref bench` measures with the STREAM triad.
+#
+# ## 2. Fusion: one row at a time, in cache
+#
+# The row-wise template views `x` as `(rows, n)` and gives each row to one `prange` iteration. A row is a few KiB,
+# so it stays in the core's cache while the kernel makes its three passes over it (mean, two-pass variance, `y`).
+# Memory sees one read of `x` and one write of `y`. Here is the kernel, exactly as the backend runs it:
+
+# %%
+print(inspect.getsource(_rowwise.rows_forward))
+
+# %% [markdown]
+# Two details. The sums use four independent *lanes* (`normref.kernels.numba_cpu._common.sum_lanes`): with
+# `fastmath=False` the compiler may not reorder `s += v[j]`, and one dependent chain of additions runs at one
+# addition per 3–4 cycles, slower than memory; four lanes are a different order of summation, written in the source,
+# which the compiler may vectorize without any licence to reassociate. And the variance is the two-pass
+# `mean((x - mean)²)`, never `E[x²] - E[x]²`, which cancels catastrophically when `|mean| ≫ std`.
+#
+# The backward stores no `xhat`: it recomputes `(x - mean)·rstd` from `x`, which it must read anyway, instead of
+# writing and re-reading a tensor the size of `x`. The kernels agree with the reference:
+
+# %%
+shape = (37, 64) if QUICK else (512, 768)
+x = (5 * rng.standard_normal(shape) + 12).astype(np.float32)
+gamma, beta = rng.standard_normal(shape[-1:]).astype(np.float32), rng.standard_normal(shape[-1:]).astype(np.float32)
+dy = rng.standard_normal(shape).astype(np.float32)
+for backend in ("numpy", "numba"):
+    y, cache = F.forward("layer_norm", x, gamma, beta, normalized_shape=shape[-1], backend=backend)
+    grads = F.backward("layer_norm", dy, cache)
+    if backend == "numpy":
+        ref = (y,) + tuple(grads)
+    else:
+        errors = [norm_rel_error(a, b) for a, b in zip((y,) + tuple(grads), ref)]
+        print("float32, numba vs numpy, norm-relative error of y, dx, dgamma, dbeta:",
+              ", ".join(f"{e:.1e}" for e in errors))
+        assert max(errors) <= 1e-5
+
+# %% [markdown]
+# ## 3. The parameter gradients: why a naive `prange` races
+#
+# `dgamma[j] = Σ_rows dy[r, j]·xhat[r, j]` sums *across* rows, but the backward runs rows in parallel. The obvious
+# kernel lets every iteration add into the shared `dgamma`:
+
+# %%
+from numba import njit, prange  # noqa: E402
+
+
+@njit(parallel=True, fastmath=False)
+def dgamma_racy(dy, xhat, dgamma):
+    for r in prange(dy.shape[0]):  # WRONG: every iteration writes every dgamma[j]
+        for j in range(dy.shape[1]):
+            dgamma[j] += dy[r, j] * xhat[r, j]
+
+
+# %% [markdown]
+# `dgamma[j] += v` is a load, an add and a store. When two threads load the same `dgamma[j]`, add their own `v`
+# and store, one of the two additions is lost. With `dy = xhat = 1` the exact answer is the row count, so every
+# lost update is visible (Numba's `prange` recognizes scalar reductions, not element updates of a shared array):
+
+# %%
+rows, n = (20_000, 16) if QUICK else (200_000, 16)
+ones = np.ones((rows, n))
+for trial in range(5):
+    dgamma = np.zeros(n)
+    dgamma_racy(ones, ones, dgamma)
+    print(f"run {trial}: dgamma[0] = {dgamma[0]:.0f} (exact {rows}), lost updates over all j: "
+          f"{int(rows * n - dgamma.sum())}")
+
+# %% [markdown]
+# Whether updates are lost, and how many, depends on how the threads happen to interleave: on an idle multi-core
+# machine nearly every run loses some; under heavy load the threads may happen not to overlap. Either way the
+# result is not a function of the input. (With real data the lost terms are also different numbers each time.)
+#
+# ## 4. The two-stage reduction
+#
+# The fix gives every written location exactly one owner. Stage 1 splits the rows into a **fixed** number of
+# contiguous chunks (32, whatever the thread count) and runs `prange` over chunks: chunk `c` adds its rows into row
+# `c` of a `(chunks, n)` float64 partial buffer, which no other iteration touches. Stage 2 sums the partials over
+# chunks, in order. No locks, no atomics, and the same bits on every run:
+
+# %%
+print(inspect.getsource(_rowwise.rows_backward))
+
+# %%
+shape = (301, 33)
+x, dy = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+runs = [F.backward("layer_norm", dy, F.forward("layer_norm", x, np.ones(33, np.float32), None, normalized_shape=33,
+                                                backend="numba")[1])[1] for _ in range(3)]
+identical = all(np.array_equal(runs[0], r) for r in runs)
+print("dgamma bitwise identical over 3 runs:", identical)
+assert identical
+
+# %% [markdown]
+# BatchNorm needs no partial buffer: its template (`_colwise`) runs `prange` over *channels*, and the iteration for
+# channel `c` owns `dgamma[c]` and `dbeta[c]` outright. Its statistics come from a two-pass `(mean, M2)` per
+# contiguous slice `x[n, c, :]`, merged across `n` with Chan's formula: one memory pass, no cancellation.
+#
+# ## 5. Measured
+#
+# The same measurement as `normref bench`, for LayerNorm: the STREAM triad first, then NumPy, Numba (and PyTorch
+# when installed), each the median of several repetitions. With `QUICK=1` the shape is tiny, so the times are
+# dispatch overhead, not bandwidth; the README shows the full run.
+
+# %%
+triad = stream_triad(mib_per_array=8 if QUICK else 128, reps=3 if QUICK else 10)
+print(f"STREAM triad: {triad['best'] / 1e9:.1f} GB/s (best of the repetitions)")
+layer = next(l for l in LAYERS if l.name == "LayerNorm")
+bench_shape = layer.quick_shapes[0] if QUICK else (8192, 1024)
+columns = ["NumPy", "Numba"]
+try:
+    import torch  # noqa: F401
+
+    columns.append("PyTorch")
+except ImportError:
+    pass
+print(format_table(measure(layer, bench_shape, 3 if QUICK else 7, rng, columns=columns), columns, triad["best"]))
