@@ -29,3 +29,5 @@ from .nn import (BatchChannelNorm, DyT, EvoNormB0, EvoNormS0, ScaledWeightStanda
                  WeightNorm, WeightStandardization)
 __all__ += ["BatchChannelNorm", "DyT", "EvoNormB0", "EvoNormS0", "ScaledWeightStandardization", "WeightNorm",
             "WeightStandardization"]
+from . import optim  # noqa: E402
+__all__ += ["optim"]
