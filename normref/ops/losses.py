@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._registry import register
-from .._validate import as_array, check_dy, check_ndim, check_nonempty
+from .._validate import as_array, cast_like, check_dy, check_ndim, check_nonempty
 from .activations import log_softmax
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -145,7 +145,7 @@ def mse_forward(pred, target, *, reduction="mean"):
     if target.shape != pred.shape:
         raise ValueError(f"target must have the shape of pred, {pred.shape}, got {target.shape}")
     reduction = _check_reduction(reduction)
-    residual = pred - target
+    residual = pred - cast_like(pred, target)  # the loss is in pred's dtype, whatever the target's precision
     return _reduce(residual * residual, reduction), MSECache(residual, reduction, residual.dtype)
 
 

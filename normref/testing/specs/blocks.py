@@ -51,7 +51,8 @@ class EmbeddingProbe(Module):
         self.children["embedding"] = nn.Embedding(num_embeddings, shape[-1], rng=seed)
 
     def forward(self, x):
-        return self.children["embedding"].forward(self.tokens) + x
+        # the table's rows take x's dtype, so a float32 x gives a float32 y (the probe's contract, not Embedding's)
+        return self.children["embedding"].forward(self.tokens).astype(x.dtype, copy=False) + x
 
     def backward(self, dy):
         self.children["embedding"].backward(dy)
