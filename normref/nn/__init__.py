@@ -24,3 +24,4 @@ from .dyt import DyT
 from .evonorm import EvoNormB0, EvoNormS0
 from .weight_norm import WeightNorm
 from .weight_standardization import NF_GAMMA, ScaledWeightStandardization, WeightStandardization
+from .factory import NORM_NAMES, MoveChannelAxis, make_norm

@@ -1,0 +1,130 @@
+"""``normref train``: train a small MLP or CNN with a chosen normalizer on digits or a synthetic set.
+
+Example: ``normref train --model cnn --norm batch --epochs 10 --data digits --out runs/cnn-bn``. The loop, history
+and checkpoints are :mod:`normref.train`; this module only parses arguments, builds the pieces and reports. With
+``--out`` it writes ``checkpoint.npz`` after every epoch (``--resume`` continues from it), the final model as
+``model.npz`` (:func:`normref.nn.save_npz`) and ``history.json`` with the test result.
+"""
+
+from __future__ import annotations
+
+DATASETS = ("digits", "blobs", "spirals", "images")
+OPTIMIZERS = ("sgd", "adam", "adamw", "sgdp", "adamp")
+
+
+def add_parser(sub) -> None:
+    from ..nn.factory import NORM_NAMES
+
+    p = sub.add_parser("train", help="train a small MLP/CNN with a normref normalizer (digits or synthetic data)")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="cnn")
+    p.add_argument("--norm", choices=NORM_NAMES, default="batch", help="normalizer after every hidden layer")
+    p.add_argument("--data", choices=DATASETS, default="digits",
+                   help="digits: sklearn's 8x8 digits (needs the 'data' extra); images: synthetic 12x12 shapes")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for SGD/SGDP, 1e-3 for Adam*)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD/SGDP momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=("constant", "cosine", "step"), default="cosine",
+                   help="per-step learning-rate multiplier (step: x0.1 at 50%% and 75%% of the steps)")
+    p.add_argument("--widths", type=int, nargs="+", default=None,
+                   help="hidden widths (MLP: per layer, default 64 64; CNN: per stage, default 16 32)")
+    p.add_argument("--train-only", choices=("all", "norm-affine"), default="all",
+                   help="norm-affine: update only the normalizers' gamma/beta (Frankle et al. 2021)")
+    p.add_argument("--seed", type=int, default=0, help="initialization, split and batch-order seed")
+    p.add_argument("--out", default=None, help="directory for checkpoint.npz, model.npz and history.json")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def _load(name: str, model: str, seed: int):
+    from .. import data
+
+    if name == "digits":
+        return data.load_digits(flatten=model == "mlp")
+    if name == "blobs":
+        return data.make_blobs(1500, 4, 2, spread=1.5, seed=seed)
+    if name == "spirals":
+        return data.make_spirals(1500, 3, noise=0.05, seed=seed)
+    ds = data.make_shapes(1800, 12, seed=seed)
+    if model == "mlp":
+        ds = data.Dataset(ds.x.reshape(len(ds), -1), ds.y, ds.name, ds.num_classes, ds.info)
+    return ds
+
+
+def run(args) -> int:
+    import json
+    import os
+    import sys
+
+    import numpy as np
+
+    from .. import optim
+    from ..data import DataLoader, MissingDependencyError, train_val_test_split
+    from ..nn import save_npz
+    from ..optim import schedules
+    from ..train import build_cnn, build_mlp, evaluate, train
+
+    def fail(message):
+        print(f"normref train: {message}", file=sys.stderr)
+        return 2
+
+    if args.epochs < 1 or args.batch_size < 1:
+        return fail("--epochs and --batch-size must be at least 1")
+    if args.resume and args.out is None:
+        return fail("--resume needs --out (the directory holding checkpoint.npz)")
+    try:
+        dataset = _load(args.data, args.model, args.seed)
+    except MissingDependencyError as exc:
+        return fail(str(exc))
+    if args.model == "cnn" and dataset.x.ndim != 4:
+        return fail(f"--model cnn needs image data (digits or images), not {args.data}")
+    splits = train_val_test_split(dataset, val=0.1, test=0.2, seed=args.seed)
+
+    norm = None if args.norm == "none" else args.norm
+    try:
+        if args.model == "mlp":
+            model = build_mlp(splits.train.x.shape[1], dataset.num_classes, tuple(args.widths or (64, 64)), norm,
+                              seed=args.seed)
+        else:
+            model = build_cnn(dataset.x.shape[1], dataset.num_classes, dataset.x.shape[2],
+                              tuple(args.widths or (16, 32)), norm, seed=args.seed)
+    except (TypeError, ValueError) as exc:
+        return fail(f"cannot build the model: {exc}")
+
+    select = None
+    if args.train_only == "norm-affine":
+        if norm is None:
+            return fail("--train-only norm-affine needs a normalizer (--norm is none)")
+        select = lambda name, value: name.rsplit(".", 1)[-1] in ("gamma", "beta")  # noqa: E731
+    lr = args.lr if args.lr is not None else (0.1 if args.optimizer in ("sgd", "sgdp") else 1e-3)
+    kinds = {"sgd": (optim.SGD, {"momentum": args.momentum}), "sgdp": (optim.SGDP, {"momentum": args.momentum}),
+             "adam": (optim.Adam, {}), "adamw": (optim.AdamW, {}), "adamp": (optim.AdamP, {})}
+    cls, extra = kinds[args.optimizer]
+    optimizer = cls(model, lr=lr, weight_decay=args.weight_decay, params=select, **extra)
+    if len(splits.train) < args.batch_size:
+        return fail(f"--batch-size {args.batch_size} exceeds the {len(splits.train)} training samples")
+    # drop the last, incomplete batch: a batch of one sample has no batch statistics (BatchNorm on (N, C) input)
+    loader = DataLoader(splits.train, args.batch_size, seed=args.seed, drop_last=True)
+    steps = args.epochs * len(loader)
+    schedule = {"constant": schedules.Constant(1.0), "cosine": schedules.CosineDecay(steps),
+                "step": schedules.MultiStepDecay([max(1, steps // 2), max(2, 3 * steps // 4)], 0.1)}[args.schedule]
+
+    try:
+        history = train(model, loader, optimizer, epochs=args.epochs, schedule=schedule, val_data=splits.val,
+                        checkpoint_dir=args.out, resume=args.resume, quiet=args.quiet)
+    except ValueError as exc:
+        return fail(str(exc))
+    test = evaluate(model, splits.test)
+    seconds = float(np.sum(history["epoch_seconds"]))
+    acc = "" if test["accuracy"] is None else f", accuracy {100 * test['accuracy']:.2f} %"
+    print(f"{args.model}/{args.norm} on {args.data}: test loss {test['loss']:.4f}{acc} "
+          f"({len(splits.test)} samples), {len(history['epoch'])} epochs, {seconds:.1f} s of training")
+    if args.out is not None:
+        save_npz(model, os.path.join(args.out, "model.npz"))
+        with open(os.path.join(args.out, "history.json"), "w") as f:
+            json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "test": test,
+                       "history": history}, f)
+    return 0
