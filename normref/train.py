@@ -39,9 +39,8 @@ without pickle: arrays as arrays, the structure as a JSON string (Python floats 
 ``resume=True`` the loop continues from it, and 1 epoch + resume + 2 epochs gives the same parameters and history,
 bit for bit, as 3 epochs straight (``tests/test_train.py``).
 
-**Small models.** :func:`build_mlp` and :func:`build_cnn` are the two networks the ``normref train`` command and the
-README measurements use (a model zoo with more architectures is separate work); both take ``norm=`` by name
-(:func:`normref.nn.factory.make_norm`).
+**Models.** The networks the ``normref train`` command and the README measurements train come from the model zoo,
+:mod:`normref.models` (MLP, VGG-style CNN, ResNet, Transformer), each with ``norm=`` by name.
 """
 
 from __future__ import annotations
@@ -57,84 +56,14 @@ from typing import Callable
 import numpy as np
 
 from .data import DataLoader, Dataset
-from .nn import (BatchNorm, Conv2d, CrossEntropyLoss, Flatten, GroupNorm, InstanceNorm, LayerNorm, Linear,
-                 MaxPool2d, Module, ReLU, RMSNorm, Sequential)
+from .nn import (BatchNorm, Conv2d, CrossEntropyLoss, GroupNorm, InstanceNorm, LayerNorm, Linear, Module, RMSNorm,
+                 Sequential)
 from .nn.batch_channel_norm import BatchChannelNorm
-from .nn.evonorm import EvoNormB0, EvoNormS0
-from .nn.factory import MoveChannelAxis, make_norm
+from .nn.evonorm import EvoNormB0
+from .nn.factory import MoveChannelAxis
 
 CHECKPOINT_NAME = "checkpoint.npz"
 CHECKPOINT_VERSION = 1
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# small models
-# ------------------------------------------------------------------------------------------------------------------
-def _activation_after(norm: Module) -> list[Module]:
-    """ReLU after a normalizer, except after EvoNorm, which is normalizer and activation in one."""
-    inner = norm.inner if isinstance(norm, MoveChannelAxis) else norm
-    if isinstance(inner, (EvoNormB0, EvoNormS0)) and getattr(inner, "apply_act", True):
-        return []
-    return [ReLU()]
-
-
-def build_mlp(in_features: int, num_classes: int, hidden=(64, 64), norm="batch", *, seed: int = 0,
-              dtype=np.float64) -> Sequential:
-    """``[Linear -> norm -> ReLU] x len(hidden) -> Linear``, a normalized MLP on ``(N, in_features)``.
-
-    Linear layers before a normalizer have no bias (the normalizer's ``beta`` plays its part); with ``norm=None`` or
-    ``"none"`` they have one. ``seed`` fixes the initialization.
-
-    Examples:
-        >>> net = build_mlp(4, 3, hidden=(8,), norm="layer")
-        >>> [type(m).__name__ for m in net], net(np.zeros((2, 4))).shape
-        (['Linear', 'GroupNorm', 'ReLU', 'Linear'], (2, 3))
-    """
-    rng = np.random.default_rng(seed)
-    normed = norm not in (None, "none")
-    layers, width = [], in_features
-    for h in hidden:
-        layers.append(Linear(width, h, bias=not normed, rng=rng, dtype=dtype))
-        if normed:
-            layers.append(make_norm(norm, h, dtype=dtype))
-            layers.extend(_activation_after(layers[-1]))
-        else:
-            layers.append(ReLU())
-        width = h
-    layers.append(Linear(width, num_classes, rng=rng, dtype=dtype))
-    return Sequential(*layers)
-
-
-def build_cnn(in_channels: int, num_classes: int, image_size: int, widths=(16, 32), norm="batch", *,
-              seed: int = 0, dtype=np.float64) -> Sequential:
-    """A small VGG-style CNN on ``(N, in_channels, S, S)``: per width ``w`` in ``widths``, two blocks
-    ``Conv2d(3x3, padding 1) -> norm -> ReLU`` then ``MaxPool2d(2)``; then ``Flatten -> Linear``.
-
-    Convolutions before a normalizer have no bias. With ``widths=(16, 32)`` on 8x8 digits: 1→16→16, pool to 4x4,
-    16→32→32, pool to 2x2, 128 features, 10 logits: 17,754 parameters, 192 of them BatchNorm affines.
-
-    Examples:
-        >>> net = build_cnn(1, 10, 8, widths=(4, 8))
-        >>> net(np.zeros((2, 1, 8, 8))).shape
-        (2, 10)
-    """
-    rng = np.random.default_rng(seed)
-    normed = norm not in (None, "none")
-    layers, channels, size = [], in_channels, image_size
-    for width in widths:
-        for _ in range(2):
-            layers.append(Conv2d(channels, width, 3, padding=1, bias=not normed, rng=rng, dtype=dtype))
-            if normed:
-                layers.append(make_norm(norm, width, dtype=dtype))
-                layers.extend(_activation_after(layers[-1]))
-            else:
-                layers.append(ReLU())
-            channels = width
-        if size >= 2:
-            layers.append(MaxPool2d(2))
-            size //= 2
-    layers += [Flatten(), Linear(channels * size * size, num_classes, rng=rng, dtype=dtype)]
-    return Sequential(*layers)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -148,6 +77,7 @@ def scale_invariant_weights(model: Module) -> list[str]:
     """Dotted names of the ``Linear``/``Conv2d`` weights directly followed by a scale-removing normalizer.
 
     See the module docstring for the rule. Examples:
+        >>> from normref.models import build_mlp
         >>> scale_invariant_weights(build_mlp(4, 3, hidden=(8, 8), norm="batch"))
         ['0.weight', '3.weight']
         >>> scale_invariant_weights(build_mlp(4, 3, hidden=(8,), norm="none"))

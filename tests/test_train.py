@@ -13,8 +13,8 @@ from normref.nn import CrossEntropyLoss, Dropout, GroupNorm, Linear, ReLU, Seque
 from normref.nn.factory import NORM_NAMES, MoveChannelAxis, default_num_groups, make_norm
 from normref.optim import SGD, AdamP
 from normref.optim.schedules import CosineDecay
-from normref.train import (ProgressBar, build_cnn, build_mlp, evaluate, load_checkpoint, save_checkpoint,
-                           scale_invariant_weights, train)
+from normref.models import build_mlp, build_vgg
+from normref.train import ProgressBar, evaluate, load_checkpoint, save_checkpoint, scale_invariant_weights, train
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_training_only_the_affine_parameters_moves_only_them(blobs):
 @pytest.mark.parametrize("norm", ["batch", "group", "layer", "rms", "instance", "bcn"])
 def test_detected_weights_are_scale_invariant(norm):
     """Scaling a detected weight by 3 leaves the train-mode output unchanged (the detection rule is right)."""
-    model = build_cnn(1, 4, 8, widths=(4, 8), norm=norm, seed=0)
+    model = build_vgg(1, 4, 8, widths=(4, 8), norm=norm, seed=0)
     names = scale_invariant_weights(model)
     assert len(names) == 4
     x = np.random.default_rng(0).normal(size=(6, 1, 8, 8))
@@ -145,7 +145,7 @@ def test_detection_skips_biased_layers_before_group_norm_and_unnormalized_layers
     net = Sequential(Linear(4, 8, rng=0), GroupNorm(2, 8), ReLU(), Linear(8, 8, bias=False, rng=1),
                      GroupNorm(2, 8), Linear(8, 2, rng=2))
     assert scale_invariant_weights(net) == ["3.weight"]
-    assert scale_invariant_weights(build_cnn(1, 4, 8, widths=(4,), norm="dyt")) == []
+    assert scale_invariant_weights(build_vgg(1, 4, 8, widths=(4,), norm="dyt")) == []
     wrapped = Sequential(Linear(4, 8, rng=0), make_norm("batch", 8, channels_last=True))
     assert scale_invariant_weights(wrapped) == ["0.weight"]
 
@@ -203,7 +203,7 @@ def test_make_norm_choices():
 
 @pytest.mark.parametrize("norm", ["evonorm_s0", "none"])
 def test_models_with_special_norms(norm):
-    model = build_cnn(1, 3, 8, widths=(4,), norm=norm)
+    model = build_vgg(1, 3, 8, widths=(4,), norm=norm)
     kinds = [type(m).__name__ for m in model]
     if norm == "none":
         assert kinds[:2] == ["Conv2d", "ReLU"] and "bias" in model[0].params
@@ -215,7 +215,7 @@ def test_models_with_special_norms(norm):
 
 def test_small_cnn_learns_shapes():
     data = train_val_test_split(make_shapes(300, 8, noise=0.05, seed=0), val=0.0, test=0.2, seed=0)
-    model = build_cnn(1, 6, 8, widths=(8,), norm="batch", seed=0)
+    model = build_vgg(1, 6, 8, widths=(8,), norm="batch", seed=0)
     train(model, data.train, SGD(model, lr=0.1, momentum=0.9), epochs=6, batch_size=16, quiet=True)
     assert evaluate(model, data.test)["accuracy"] > 0.5                    # chance is 1/6
 
@@ -267,7 +267,7 @@ def test_move_channel_axis_backward_matches_finite_differences(name, shape, last
     assert report.passed, report.table()
 
 
-@pytest.mark.parametrize("build,shape", [(lambda: build_cnn(1, 3, 4, widths=(2,), norm="group", seed=0), (4, 1, 4, 4)),
+@pytest.mark.parametrize("build,shape", [(lambda: build_vgg(1, 3, 4, widths=(2,), norm="group", seed=0), (4, 1, 4, 4)),
                                          (lambda: build_mlp(5, 3, hidden=(4,), norm="batch", seed=0), (4, 5))],
                          ids=["cnn", "mlp"])
 def test_small_models_backward_matches_finite_differences(build, shape):

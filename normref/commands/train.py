@@ -1,6 +1,9 @@
-"""``normref train``: train a small MLP or CNN with a chosen normalizer on digits or a synthetic set.
+"""``normref train``: train a model of the zoo (:mod:`normref.models`) with a chosen normalizer on digits or a
+synthetic set.
 
-Example: ``normref train --model cnn --norm batch --epochs 10 --data digits --out runs/cnn-bn``. The loop, history
+Example: ``normref train --model cnn --norm batch --epochs 10 --data digits --out runs/cnn-bn``. Models: ``mlp``
+(flat features: blobs, spirals, digits, images), ``cnn`` (= ``vgg``) and ``resnet`` (images: digits, images), and
+``transformer`` (token sequences: ``--data tokens``, the synthetic task of :func:`normref.data.make_token_task`). The loop, history
 and checkpoints are :mod:`normref.train`; this module only parses arguments, builds the pieces and reports. With
 ``--out`` it writes ``checkpoint.npz`` after every epoch (``--resume`` continues from it), the final model as
 ``model.npz`` (:func:`normref.nn.save_npz`) and ``history.json`` with the test result.
@@ -8,18 +11,21 @@ and checkpoints are :mod:`normref.train`; this module only parses arguments, bui
 
 from __future__ import annotations
 
-DATASETS = ("digits", "blobs", "spirals", "images")
+DATASETS = ("digits", "blobs", "spirals", "images", "tokens")
+MODELS = ("mlp", "cnn", "vgg", "resnet", "transformer")
+IMAGE_MODELS = ("cnn", "vgg", "resnet")
 OPTIMIZERS = ("sgd", "adam", "adamw", "sgdp", "adamp")
 
 
 def add_parser(sub) -> None:
     from ..nn.factory import NORM_NAMES
 
-    p = sub.add_parser("train", help="train a small MLP/CNN with a normref normalizer (digits or synthetic data)")
-    p.add_argument("--model", choices=("mlp", "cnn"), default="cnn")
+    p = sub.add_parser("train", help="train a small MLP/CNN/ResNet/Transformer with a normref normalizer")
+    p.add_argument("--model", choices=MODELS, default="cnn", help="cnn is the VGG-style CNN (same as vgg)")
     p.add_argument("--norm", choices=NORM_NAMES, default="batch", help="normalizer after every hidden layer")
     p.add_argument("--data", choices=DATASETS, default="digits",
-                   help="digits: sklearn's 8x8 digits (needs the 'data' extra); images: synthetic 12x12 shapes")
+                   help="digits: sklearn's 8x8 digits (needs the 'data' extra); images: synthetic 12x12 shapes; "
+                        "tokens: synthetic token sequences (for --model transformer)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
@@ -29,7 +35,10 @@ def add_parser(sub) -> None:
     p.add_argument("--schedule", choices=("constant", "cosine", "step"), default="cosine",
                    help="per-step learning-rate multiplier (step: x0.1 at 50%% and 75%% of the steps)")
     p.add_argument("--widths", type=int, nargs="+", default=None,
-                   help="hidden widths (MLP: per layer, default 64 64; CNN: per stage, default 16 32)")
+                   help="hidden widths (MLP: per layer, default 64 64; CNN/ResNet: per stage, default 16 32; "
+                        "Transformer: d_model, default 32)")
+    p.add_argument("--no-skip", action="store_true",
+                   help="resnet only: remove the shortcut connections (the same parameters, a plain network)")
     p.add_argument("--train-only", choices=("all", "norm-affine"), default="all",
                    help="norm-affine: update only the normalizers' gamma/beta (Frankle et al. 2021)")
     p.add_argument("--seed", type=int, default=0, help="initialization, split and batch-order seed")
@@ -48,6 +57,8 @@ def _load(name: str, model: str, seed: int):
         return data.make_blobs(1500, 4, 2, spread=1.5, seed=seed)
     if name == "spirals":
         return data.make_spirals(1500, 3, noise=0.05, seed=seed)
+    if name == "tokens":
+        return data.make_token_task(1500, 16, vocab_size=64, num_classes=4, seed=seed)
     ds = data.make_shapes(1800, 12, seed=seed)
     if model == "mlp":
         ds = data.Dataset(ds.x.reshape(len(ds), -1), ds.y, ds.name, ds.num_classes, ds.info)
@@ -65,7 +76,8 @@ def run(args) -> int:
     from ..data import DataLoader, MissingDependencyError, train_val_test_split
     from ..nn import save_npz
     from ..optim import schedules
-    from ..train import build_cnn, build_mlp, evaluate, train
+    from ..models import build_model
+    from ..train import evaluate, train
 
     def fail(message):
         print(f"normref train: {message}", file=sys.stderr)
@@ -79,18 +91,32 @@ def run(args) -> int:
         dataset = _load(args.data, args.model, args.seed)
     except MissingDependencyError as exc:
         return fail(str(exc))
-    if args.model == "cnn" and dataset.x.ndim != 4:
-        return fail(f"--model cnn needs image data (digits or images), not {args.data}")
+    if args.model in IMAGE_MODELS and dataset.x.ndim != 4:
+        return fail(f"--model {args.model} needs image data (digits or images), not {args.data}")
+    if args.no_skip and args.model != "resnet":
+        return fail("--no-skip applies to --model resnet only")
+    if (args.model == "transformer") != (args.data == "tokens"):
+        return fail("--model transformer trains on --data tokens, and token data needs --model transformer")
     splits = train_val_test_split(dataset, val=0.1, test=0.2, seed=args.seed)
 
     norm = None if args.norm == "none" else args.norm
     try:
         if args.model == "mlp":
-            model = build_mlp(splits.train.x.shape[1], dataset.num_classes, tuple(args.widths or (64, 64)), norm,
-                              seed=args.seed)
+            model = build_model("mlp", norm, in_features=splits.train.x.shape[1], num_classes=dataset.num_classes,
+                                hidden=tuple(args.widths or (64, 64)), seed=args.seed)
+        elif args.model == "transformer":
+            if args.widths is not None and len(args.widths) != 1:
+                return fail("--widths takes one value for the transformer (d_model)")
+            model = build_model("transformer", norm, vocab_size=dataset.info["embedding"].shape[0],
+                                num_classes=dataset.num_classes, max_len=dataset.x.shape[1],
+                                d_model=(args.widths or [32])[0], pad_id=dataset.info["pad_id"], seed=args.seed)
+        elif args.model == "resnet":
+            model = build_model("resnet", norm, in_channels=dataset.x.shape[1], num_classes=dataset.num_classes,
+                                widths=tuple(args.widths or (16, 32)), skip=not args.no_skip, seed=args.seed)
         else:
-            model = build_cnn(dataset.x.shape[1], dataset.num_classes, dataset.x.shape[2],
-                              tuple(args.widths or (16, 32)), norm, seed=args.seed)
+            model = build_model("vgg", norm, in_channels=dataset.x.shape[1], num_classes=dataset.num_classes,
+                                image_size=dataset.x.shape[2], widths=tuple(args.widths or (16, 32)),
+                                seed=args.seed)
     except (TypeError, ValueError) as exc:
         return fail(f"cannot build the model: {exc}")
 
