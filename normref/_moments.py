@@ -7,7 +7,11 @@ Two-pass moments (the default)
 ------------------------------
 .. math::
 
-    \mu = \frac{1}{m}\sum_i x_i, \qquad \sigma^2 = \frac{1}{m}\sum_i (x_i - \mu)^2 .
+    \mu = \frac{1}{m}\sum_i x_i, \qquad \sigma^2 = \frac{1}{m}\sum_i (x_i - \mu)^2
+    - \Bigl(\frac{1}{m}\sum_i (x_i - \mu)\Bigr)^2 .
+
+The last term is zero in exact arithmetic; in floating point it cancels the error left by rounding :math:`\mu` to
+the storage dtype (the *corrected* two-pass algorithm). Sums accumulate in at least float64.
 
 The second pass subtracts the mean *before* squaring, so the result does not suffer the catastrophic cancellation of
 the textbook shortcut :math:`E[x^2] - E[x]^2`, which loses about :math:`2\log_{10}(|\mu|/\sigma)` digits and can even
@@ -65,8 +69,13 @@ def mean_var(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarr
     acc = accumulation_dtype(x.dtype)
     mean = x.mean(axis=axes, dtype=acc, keepdims=True).astype(x.dtype, copy=False)
     centered = x - mean
-    var = (centered * centered).mean(axis=axes, dtype=acc, keepdims=True).astype(x.dtype, copy=False)
-    return mean, var
+    # Corrected two-pass (Chan, Golub & LeVeque 1983): `mean` was rounded to x's dtype, so the residuals have a
+    # small mean of their own; subtracting its square removes the first-order error that rounding leaves in the
+    # variance (for float32 data far from zero it is the dominant error). Analytically the term is zero, so the
+    # formula stays the same function of x, complex step included.
+    residual_mean = centered.mean(axis=axes, dtype=acc, keepdims=True)
+    var = (centered * centered).mean(axis=axes, dtype=acc, keepdims=True) - residual_mean * residual_mean
+    return mean, var.astype(x.dtype, copy=False)
 
 
 def mean_square(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:

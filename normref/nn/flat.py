@@ -69,7 +69,8 @@ def flatten_grads(model, dtype=np.float64) -> np.ndarray:
 def set_flat_params(model, vector) -> None:
     """Replace every parameter by its slice of ``vector`` ``(P,)``, reshaped and cast to the parameter's dtype.
 
-    Real vectors keep each parameter's dtype (float32 stays float32); a complex vector makes them complex.
+    Real vectors keep each parameter's real dtype (float32 stays float32), and make a parameter that a complex
+    step left complex real again; a complex vector makes them complex.
     """
     model = _check_model(model)
     vector = np.asarray(vector)
@@ -83,7 +84,8 @@ def set_flat_params(model, vector) -> None:
         for name, value in module.params.items():
             chunk = vector[start:start + value.size].reshape(value.shape)
             start += value.size
-            dtype = value.dtype if vector.dtype.kind != "c" else np.result_type(value.dtype, vector.dtype)
+            real_dtype = value.real.dtype  # complex128 -> float64 after a complex step; float32 stays float32
+            dtype = real_dtype if vector.dtype.kind != "c" else np.result_type(real_dtype, vector.dtype)
             module.params[name] = chunk.astype(dtype, copy=True)
 
 

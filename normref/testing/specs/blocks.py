@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..._validate import cast_like
+
 from ... import nn
 from ...nn.module import Module
 from . import LayerSpec
@@ -52,7 +54,7 @@ class EmbeddingProbe(Module):
 
     def forward(self, x):
         # the table's rows take x's dtype, so a float32 x gives a float32 y (the probe's contract, not Embedding's)
-        return self.children["embedding"].forward(self.tokens).astype(x.dtype, copy=False) + x
+        return cast_like(x, self.children["embedding"].forward(self.tokens)) + x
 
     def backward(self, dy):
         self.children["embedding"].backward(dy)
