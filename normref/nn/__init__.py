@@ -25,3 +25,4 @@ from .evonorm import EvoNormB0, EvoNormS0
 from .weight_norm import WeightNorm
 from .weight_standardization import NF_GAMMA, ScaledWeightStandardization, WeightStandardization
 from .factory import NORM_NAMES, MoveChannelAxis, make_norm
+from .ws_conv import WSConv2d
