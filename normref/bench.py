@@ -10,17 +10,26 @@ times. So the yardstick is not another library but the machine: the **bandwidth 
 with 2 passes for the forward (read ``x``, write ``y``) and 5 for forward + backward (read ``x``, write ``y``; read
 ``x`` and ``dy``, write ``dx``). Every statistic is a few numbers per row or channel, negligible beside these.
 :math:`B_\mathrm{triad}` is the STREAM triad bandwidth ``a = b + s·c`` (2 reads, 1 write; 3 arrays' bytes per
-iteration, as STREAM counts them), measured at the start of the run with arrays much larger than the last-level cache
-and all cores, reporting the best repetition as STREAM does. A kernel at the floor moves each byte once at the speed
-a simple streaming loop achieves; "floor/Numba" is the fraction of that reached.
+iteration, as STREAM counts them) over all cores, on arrays much larger than the last-level cache.
 
-What is timed: the public entry points, ``normref.functional.forward`` and ``backward``, as a layer calls them,
-output allocation included (for every backend alike). Each column's repetitions run back to back after a warm-up
-call: interleaving them would be fairer to a changing machine load, but Numba's and PyTorch's OpenMP thread pools
-then spin-wait against each other, and both columns measured that fight (tens of ms on a tiny input, seen here).
-The table shows the median and, as ``noise``, the largest interquartile range over median among the row's columns.
-The first call of each Numba op is timed separately: it compiles the kernels, or loads them from Numba's on-disk
-cache (``cache=True``), and that cold start is not part of the medians.
+What is timed, and how
+----------------------
+* **Allocation.** The public entry points (``normref.functional.forward``/``backward``, as a layer calls them)
+  allocate their outputs, and so does PyTorch. A fresh 32 MiB array is zeroed by the kernel on first touch, an
+  extra write pass the floor does not count (the ``first touch`` line measures it). The triad, like STREAM, writes
+  into a preallocated array. So there are two Numba columns: ``Numba`` (allocating, the like-for-like comparison
+  with NumPy and PyTorch) and ``Numba out=`` (outputs passed in with ``out=``, the like-for-like comparison with
+  the triad: ``%floor`` is computed from this column, ``%floor(alloc)`` from the allocating one).
+* **Rounds.** Every row (layer, shape, pass) is measured in ``rounds`` rounds; in each round every column, the
+  triad included, runs one untimed warm-up call and then ``reps_per_round`` timed calls back to back. Back to back,
+  because Numba's and PyTorch's OpenMP thread pools spin-wait after a parallel region and would otherwise time each
+  other's spinning; in rounds, because on a shared machine the load changes over seconds, and rounds spread that
+  change over all columns alike. The triad runs in the same rounds, so **the floor of a row is measured under the
+  same conditions as its kernels** (from the median triad time of that row).
+* **Statistics.** Each cell is the median over all ``rounds × reps_per_round`` calls; ``noise`` is the largest
+  interquartile range over median among the row's columns. The load average is printed before and after.
+* **Cold start.** The first call of each Numba op compiles its kernels or loads them from Numba's on-disk cache
+  (``cache=True``); that is timed separately and never part of the medians.
 
 PyTorch CPU (``torch.nn.functional``, its own thread pool) is timed when ``torch`` is importable; it is imported
 only here, never by the package. The CUDA column appears when the ``"cuda"`` backend loads on a real GPU.
@@ -37,10 +46,12 @@ import numpy as np
 from numba import njit, prange
 
 from . import functional as F
-from ._registry import available_backends, available_op_backends
+from ._registry import available_backends, available_op_backends, get_impl
 
 FWD, FWD_BWD = "fwd", "fwd+bwd"
 PASSES = {FWD: 2, FWD_BWD: 5}
+TRIAD = "triad"
+TRIAD_MIB = 128  # per array: four times the last-level cache of the machine this was written on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,25 +94,56 @@ def triad(a, b, c, scalar):
         a[i] = b[i] + scalar * c[i]
 
 
-def stream_triad(mib_per_array: int = 128, reps: int = 10) -> dict:
-    """STREAM-triad bandwidth in bytes/s: ``a = b + s·c`` on three float64 arrays of ``mib_per_array`` MiB each.
+_TRIAD_ARRAYS: dict = {}
 
-    Returns ``{"best": ..., "median": ..., "mib": ...}``; the floor uses ``best`` (STREAM's convention).
+
+def triad_arrays(mib_per_array: int = TRIAD_MIB):
+    """Three float64 arrays of ``mib_per_array`` MiB, touched (so page faults are not timed), and their bytes moved.
+
+    Made once per size and kept for the process (a benchmark run reuses them for every row).
     """
-    n = mib_per_array * 2**20 // 8
-    a, b, c = np.zeros(n), np.full(n, 1.0), np.full(n, 2.0)  # touched, so page faults are not timed
-    triad(a, b, c, 3.0)
+    if mib_per_array not in _TRIAD_ARRAYS:
+        n = mib_per_array * 2**20 // 8
+        a, b, c = np.zeros(n), np.full(n, 1.0), np.full(n, 2.0)
+        triad(a, b, c, 3.0)
+        _TRIAD_ARRAYS.clear()
+        _TRIAD_ARRAYS[mib_per_array] = (a, b, c)
+    arrays = _TRIAD_ARRAYS[mib_per_array]
+    return arrays, 3 * arrays[0].nbytes
+
+
+def stream_triad(mib_per_array: int = TRIAD_MIB, reps: int = 10) -> dict:
+    """STREAM-triad bandwidth in bytes/s on preallocated arrays: ``{"best", "median", "mib"}``."""
+    (a, b, c), moved = triad_arrays(mib_per_array)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         triad(a, b, c, 3.0)
         times.append(time.perf_counter() - start)
-    moved = 3 * a.nbytes
     return {"best": moved / min(times), "median": moved / float(np.median(times)), "mib": mib_per_array}
 
 
+def first_touch_ms(mib: int = 32, reps: int = 5) -> float:
+    """Median extra milliseconds a triad spends writing into a fresh array of ``mib`` MiB instead of a reused one.
+
+    That is the price of allocating an output: the kernel maps and zeroes its pages on first touch.
+    """
+    n = mib * 2**20 // 8
+    b, c, reused = np.full(n, 1.0), np.full(n, 2.0), np.zeros(n)
+    triad(reused, b, c, 3.0)
+    fresh_t, reused_t = [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        triad(np.empty(n), b, c, 3.0)
+        fresh_t.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        triad(reused, b, c, 3.0)
+        reused_t.append(time.perf_counter() - start)
+    return 1e3 * (float(np.median(fresh_t)) - float(np.median(reused_t)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Runners: one callable per (backend, pass) that does the work once
+# Runners: one callable per (column, pass) that does the work once
 
 
 def _inputs(layer: BenchLayer, shape, rng):
@@ -118,12 +160,28 @@ def _inputs(layer: BenchLayer, shape, rng):
 
 
 def _normref_runner(layer, backend, x, dy, params, hyper, which):
+    """The public entry points, as a layer calls them: outputs allocated on every call."""
     def fwd():
         return F.forward(layer.op, x, *params, backend=backend, **hyper)
 
     def fwd_bwd():
         _, cache = F.forward(layer.op, x, *params, backend=backend, **hyper)
         return F.backward(layer.op, dy, cache)
+
+    return fwd if which == FWD else fwd_bwd
+
+
+def _numba_out_runner(layer, x, dy, params, hyper, which):
+    """The ``"numba"`` ops with preallocated outputs (``out=``): ``y`` and ``dx`` are written in place."""
+    impl = get_impl(layer.op, "numba")
+    y, dx = np.empty_like(x), np.empty_like(x)
+
+    def fwd():
+        return impl.forward(x, *params, out=y, **hyper)
+
+    def fwd_bwd():
+        _, cache = impl.forward(x, *params, out=y, **hyper)
+        return impl.backward(dy, cache, out=dx)
 
     return fwd if which == FWD else fwd_bwd
 
@@ -177,16 +235,24 @@ def _cuda_usable() -> bool:
 
 @dataclasses.dataclass
 class Row:
-    """One table row: one layer, shape and pass; ``times[column]`` = the repetitions in seconds."""
+    """One table row: one layer, shape and pass; ``times[column]`` = the calls' seconds (``"triad"`` included)."""
 
     layer: str
     shape: tuple
     which: str
     nbytes: int
     times: dict
+    triad_bytes: int = 0  # bytes one triad call moves
 
     def median_ms(self, column):
         return 1e3 * float(np.median(self.times[column])) if column in self.times else math.nan
+
+    def bandwidth(self) -> float:
+        """The row's triad bandwidth in bytes/s (median over its rounds)."""
+        return self.triad_bytes / float(np.median(self.times[TRIAD]))
+
+    def floor_ms(self) -> float:
+        return 1e3 * PASSES[self.which] * self.nbytes / self.bandwidth()
 
     def noise(self):
         """The largest IQR/median over the row's columns."""
@@ -205,27 +271,34 @@ def cold_start(layer: BenchLayer, rng) -> float:
     return time.perf_counter() - start
 
 
-def measure(layer: BenchLayer, shape, reps: int, rng, *, columns) -> list[Row]:
-    """Time every column of ``columns`` for both passes, ``reps`` times back to back after one warm-up each."""
+def measure(layer: BenchLayer, shape, rng, *, columns, rounds: int = 3, reps_per_round: int = 3,
+            triad_mib: int = TRIAD_MIB) -> list[Row]:
+    """Time every column of ``columns`` and the triad for both passes, in rounds (see the module docstring).
+
+    ``columns`` names ``"NumPy"``, ``"Numba"``, ``"Numba out="``, ``"CUDA"``, ``"PyTorch"``.
+    """
     x, dy, params, hyper = _inputs(layer, shape, rng)
     torch = torch_module() if "PyTorch" in columns else None
+    (a, b, c), triad_bytes = triad_arrays(triad_mib)
     rows = []
     for which in (FWD, FWD_BWD):
-        runners = {}
+        runners = {TRIAD: lambda: triad(a, b, c, 3.0)}
         for column in columns:
             if column == "PyTorch":
                 runners[column] = _torch_runner(torch, layer, x, dy, params, hyper, which)
+            elif column == "Numba out=":
+                runners[column] = _numba_out_runner(layer, x, dy, params, hyper, which)
             else:
                 runners[column] = _normref_runner(layer, column.lower(), x, dy, params, hyper, which)
-        times = {}
-        for column, run in runners.items():
-            run()  # warm-up: compiled code loaded, caches and allocator in their steady state
-            times[column] = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                run()
-                times[column].append(time.perf_counter() - start)
-        rows.append(Row(layer.name, tuple(shape), which, x.nbytes, times))
+        times = {column: [] for column in runners}
+        for _ in range(rounds):
+            for column, run in runners.items():
+                run()  # warm-up: compiled code loaded, caches, allocator and thread pool in their steady state
+                for _ in range(reps_per_round):
+                    start = time.perf_counter()
+                    run()
+                    times[column].append(time.perf_counter() - start)
+        rows.append(Row(layer.name, tuple(shape), which, x.nbytes, times, triad_bytes))
     return rows
 
 
@@ -234,24 +307,34 @@ def _fmt_ms(value):
                                        f"{value:.1f}")
 
 
-def format_table(rows: list[Row], columns, bandwidth: float) -> str:
-    """One block per layer and shape: a line per pass with the times, the floor and the ratios."""
-    head = ["pass"] + [f"{c} ms" for c in columns] + ["floor ms", "floor/Numba", "NumPy/Numba"]
+def format_table(rows: list[Row], columns) -> str:
+    """One block per layer and shape: a line per pass with the medians, the row's floor, and the ratios.
+
+    ``%floor`` = floor / ``Numba out=`` (preallocated, like the triad); ``%floor(alloc)`` = floor / ``Numba``;
+    ``xNumPy`` and ``xPyTorch`` = their time / ``Numba`` (all three allocate their outputs).
+    """
+    head = ["pass"] + [f"{c} ms" for c in columns] + ["floor ms"]
+    if "Numba out=" in columns:
+        head.append("%floor")
+    head += ["%floor(alloc)", "xNumPy"]
     if "PyTorch" in columns:
-        head.append("PyTorch/Numba")
+        head.append("xPyTorch")
     head.append("noise")
-    widths = [8] + [max(10, len(h)) for h in head[1:]]
+    widths = [8] + [max(9, len(h)) for h in head[1:]]
     lines = []
     for i in range(0, len(rows), 2):
         first = rows[i]
         mib = first.nbytes / 2**20
-        lines.append(f"{first.layer}  x={first.shape} float32, {mib:.3g} MiB")
+        lines.append(f"{first.layer}  x={first.shape} float32, {mib:.3g} MiB; row triad "
+                     f"{first.bandwidth() / 1e9:.1f} / {rows[i + 1].bandwidth() / 1e9:.1f} GB/s (fwd / fwd+bwd)")
         lines.append("  ".join(h.rjust(w) if j else h.ljust(w) for j, (h, w) in enumerate(zip(head, widths))))
         for row in rows[i:i + 2]:
-            floor = 1e3 * PASSES[row.which] * row.nbytes / bandwidth
+            floor = row.floor_ms()
             numba_ms = row.median_ms("Numba")
-            cells = [row.which] + [_fmt_ms(row.median_ms(c)) for c in columns] + [
-                _fmt_ms(floor), f"{floor / numba_ms:.0%}", f"{row.median_ms('NumPy') / numba_ms:.1f}x"]
+            cells = [row.which] + [_fmt_ms(row.median_ms(c)) for c in columns] + [_fmt_ms(floor)]
+            if "Numba out=" in columns:
+                cells.append(f"{floor / row.median_ms('Numba out='):.0%}")
+            cells += [f"{floor / numba_ms:.0%}", f"{row.median_ms('NumPy') / numba_ms:.1f}x"]
             if "PyTorch" in columns:
                 cells.append(f"{row.median_ms('PyTorch') / numba_ms:.1f}x")
             cells.append(f"{row.noise():.0%}")
@@ -260,26 +343,49 @@ def format_table(rows: list[Row], columns, bandwidth: float) -> str:
     return "\n".join(lines)
 
 
-def run_bench(*, layers=None, quick=False, reps=None, print_fn=print) -> list[Row]:
-    """Measure and print everything; returns the rows. ``layers``: names to keep (default all)."""
+def _load() -> str:
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:  # not available on this platform
+        return "load average unknown"
+
+
+def run_bench(*, layers=None, quick=False, largest=False, rounds=None, reps_per_round=None,
+              print_fn=print) -> list[Row]:
+    """Measure and print everything; returns the rows. ``layers``: names to keep (default all); ``largest``: only
+    each layer's largest shape."""
+    import numba
+
     chosen = [l for l in LAYERS if layers is None or l.name.lower() in {n.lower() for n in layers}]
-    reps = reps if reps is not None else (3 if quick else 9)
+    rounds = rounds if rounds is not None else (1 if quick else 3)
+    reps_per_round = reps_per_round if reps_per_round is not None else (2 if quick else 3)
+    triad_mib = 8 if quick else TRIAD_MIB
     rng = np.random.default_rng(0)
-    columns = ["NumPy", "Numba"]
+    columns = ["NumPy", "Numba", "Numba out="]
     if _cuda_usable():
         columns.append("CUDA")
-    if torch_module() is not None:
+    torch = torch_module()
+    if torch is not None:
         columns.append("PyTorch")
 
-    triad = stream_triad(mib_per_array=8 if quick else 128, reps=3 if quick else 10)
-    print_fn(f"normref bench: float32; median of {reps} repetitions; noise = max IQR/median of a row")
-    print_fn(f"STREAM triad ({triad['mib']} MiB per array, {os.cpu_count()} CPUs): best {triad['best'] / 1e9:.1f} "
-             f"GB/s, median {triad['median'] / 1e9:.1f} GB/s; floor = passes x bytes(x) / best "
-             f"(fwd: 2 passes, fwd+bwd: 5)")
+    print_fn(f"normref bench: float32; median of {rounds} rounds x {reps_per_round} calls per column; "
+             f"noise = max IQR/median of a row; {_load()} at start")
+    threads = f"Numba {numba.get_num_threads()} threads ({os.cpu_count()} CPUs)"
+    if torch is not None:
+        threads += f", PyTorch {torch.__version__} {torch.get_num_threads()} threads"
+    print_fn(threads)
+    glob = stream_triad(mib_per_array=triad_mib, reps=3 if quick else 10)
+    print_fn(f"STREAM triad ({triad_mib} MiB per array, preallocated): best {glob['best'] / 1e9:.1f} GB/s, median "
+             f"{glob['median'] / 1e9:.1f} GB/s. Each row's floor = passes x bytes(x) / its own median triad, timed "
+             f"in the same rounds as its kernels (fwd: 2 passes, fwd+bwd: 5)")
+    touch_mib = 8 if quick else 32
+    print_fn(f"first touch: writing a fresh (just allocated) {touch_mib} MiB array costs "
+             f"{first_touch_ms(touch_mib):.1f} ms more than a reused one. 'Numba', 'NumPy', 'PyTorch' allocate y and dx"
+             f" on every call; 'Numba out=' and the triad do not")
     missing = [n for n, why in available_backends().items() if why is not None]
     if missing:
         print_fn(f"backends not available (columns left out): {', '.join(missing)}")
-    if "PyTorch" not in columns:
+    if torch is None:
         print_fn("PyTorch not importable: column left out (pip install 'normref[bench]')")
 
     cold = [(layer.name, cold_start(layer, rng)) for layer in chosen]
@@ -290,9 +396,12 @@ def run_bench(*, layers=None, quick=False, reps=None, print_fn=print) -> list[Ro
     rows = []
     for layer in chosen:
         implemented = available_op_backends(layer.op)
-        layer_columns = [c for c in columns if c == "PyTorch" or c.lower() in implemented]
-        for shape in (layer.quick_shapes if quick else layer.shapes):
-            block = measure(layer, shape, reps, rng, columns=layer_columns)
-            print_fn(format_table(block, layer_columns, triad["best"]))
+        layer_columns = [c for c in columns if c == "PyTorch" or c.split()[0].lower() in implemented]
+        shapes = layer.quick_shapes if quick else layer.shapes[-1:] if largest else layer.shapes
+        for shape in shapes:
+            block = measure(layer, shape, rng, columns=layer_columns, rounds=rounds, reps_per_round=reps_per_round,
+                            triad_mib=triad_mib)
+            print_fn(format_table(block, layer_columns))
             rows.extend(block)
+    print_fn(_load() + " at end")
     return rows

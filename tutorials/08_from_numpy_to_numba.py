@@ -41,20 +41,31 @@ rng = np.random.default_rng(0)
 #
 # ## 2. Fusion: one row at a time, in cache
 #
-# The row-wise template views `x` as `(rows, n)` and gives each row to one `prange` iteration. A row is a few KiB,
-# so it stays in the core's cache while the kernel makes its three passes over it (mean, two-pass variance, `y`).
-# Memory sees one read of `x` and one write of `y`. Here is the kernel, exactly as the backend runs it:
-
+# The row-wise template views `x` as `(rows, n)` and gives each chunk of rows to one `prange` iteration. A row is a
+# few KiB, so it stays in the core's cache while the kernel makes its passes over it (a shifted sum, then `Σd` and
+# `Σd²` for the corrected two-pass variance, then `y`). Memory sees one read of `x` and one write of `y`. Here is the
+# kernel, exactly as the backend runs it:
 # %%
 print(inspect.getsource(_rowwise.rows_forward))
 
 # %% [markdown]
-# Two details. The sums use four independent *lanes* (`normref.kernels.numba_cpu._common.sum_lanes`): with
-# `fastmath=False` the compiler may not reorder `s += v[j]`, and one dependent chain of additions runs at one
-# addition per 3–4 cycles, slower than memory; four lanes are a different order of summation, written in the source,
-# which the compiler may vectorize without any licence to reassociate. And the variance is the two-pass
-# `mean((x - mean)²)`, never `E[x²] - E[x]²`, which cancels catastrophically when `|mean| ≫ std`.
-#
+# Two details. First, the sums. With `fastmath=False` the compiler may not reorder `s += v[j]`, and one dependent
+# chain of additions runs at one addition per 3–4 cycles, slower than memory. So every sum is written as an
+# *elementwise* loop over an array of 32 partial sums, `lanes[k] += v[i + k] - shift`: lane `k` adds values
+# `k, k + 32, k + 64, ...` in order. That loop has no dependence between lanes, so LLVM vectorizes it (8 float32
+# lanes per AVX2 instruction) without any licence to reorder, and the result is the same bits on every run. For
+# float32 input the lanes are float32 but hold at most 16 values each before they are flushed into float64 lanes,
+# which bounds the rounding error by about `16·u·Σ|t|` (u = 6e-8; the derivation is in
+# `normref/kernels/numba_cpu/_common.py`). Second, the variance is the *corrected* two-pass formula, never
+# `E[x²] - E[x]²`, which cancels catastrophically when `|mean| ≫ std`:
+
+# %%
+from normref.kernels.numba_cpu import _common  # noqa: E402
+
+print(inspect.getsource(_common._block_sums))
+print(inspect.getsource(_common.moments))
+
+# %% [markdown]
 # The backward stores no `xhat`: it recomputes `(x - mean)·rstd` from `x`, which it must read anyway, instead of
 # writing and re-reading a tensor the size of `x`. The kernels agree with the reference:
 
@@ -114,9 +125,9 @@ for trial in range(5):
 #
 # The fix gives every written location exactly one owner. Stage 1 splits the rows into a **fixed** number of
 # contiguous chunks (32, whatever the thread count) and runs `prange` over chunks: chunk `c` adds its rows into row
-# `c` of a `(chunks, n)` float64 partial buffer, which no other iteration touches. Stage 2 sums the partials over
-# chunks, in order. No locks, no atomics, and the same bits on every run:
-
+# `c` of a `(chunks, n)` float64 partial buffer, which no other iteration touches (through a float32 row buffer
+# flushed every 16 rows: the same lanes-and-blocks idea, with rows as the depth). Stage 2 sums the partials over
+# chunks, in order. No locks, no atomics, and the same bits on every run and any thread count:
 # %%
 print(inspect.getsource(_rowwise.rows_backward))
 
@@ -136,20 +147,23 @@ assert identical
 #
 # ## 5. Measured
 #
-# The same measurement as `normref bench`, for LayerNorm: the STREAM triad first, then NumPy, Numba (and PyTorch
-# when installed), each the median of several repetitions. With `QUICK=1` the shape is tiny, so the times are
-# dispatch overhead, not bandwidth; the README shows the full run.
+# The same measurement as `normref bench`, for LayerNorm: NumPy, Numba as a layer calls it (allocating `y` and `dx`),
+# Numba with preallocated outputs (`out=`), PyTorch when installed, and the STREAM triad that sets the floor, all
+# timed in the same rounds so that a busy machine slows them alike. With `QUICK=1` the shape is tiny, so the times
+# are dispatch overhead, not bandwidth; the README shows the full run and the targets.
 
 # %%
 triad = stream_triad(mib_per_array=8 if QUICK else 128, reps=3 if QUICK else 10)
 print(f"STREAM triad: {triad['best'] / 1e9:.1f} GB/s (best of the repetitions)")
 layer = next(l for l in LAYERS if l.name == "LayerNorm")
 bench_shape = layer.quick_shapes[0] if QUICK else (8192, 1024)
-columns = ["NumPy", "Numba"]
+columns = ["NumPy", "Numba", "Numba out="]
 try:
     import torch  # noqa: F401
 
     columns.append("PyTorch")
 except ImportError:
     pass
-print(format_table(measure(layer, bench_shape, 3 if QUICK else 7, rng, columns=columns), columns, triad["best"]))
+rows = measure(layer, bench_shape, rng, columns=columns, rounds=1 if QUICK else 3, reps_per_round=2 if QUICK else 3,
+               triad_mib=8 if QUICK else 128)
+print(format_table(rows, columns))

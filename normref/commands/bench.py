@@ -10,7 +10,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time the backends per layer and shape against the STREAM-triad floor")
     p.add_argument("--layer", action="append", help="only this layer (repeatable), e.g. LayerNorm")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions (a smoke test)")
-    p.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 9; --quick: 3)")
+    p.add_argument("--largest", action="store_true", help="only each layer's largest shape (>= 32 MiB: the targets)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds per measurement; every column runs in every round (default 3; --quick: 1)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed calls per column and round, after one warm-up call (default 3; --quick: 2)")
     p.set_defaults(func=run)
 
 
@@ -25,8 +29,10 @@ def run(args) -> int:
         print(f"normref bench: unknown layer(s) {sorted(unknown)}; known: {[l.name for l in LAYERS]}",
               file=sys.stderr)
         return 2
-    if args.reps is not None and args.reps < 1:
-        print("normref bench: --reps must be at least 1", file=sys.stderr)
-        return 2
-    run_bench(layers=args.layer, quick=args.quick, reps=args.reps)
+    for name in ("rounds", "reps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            print(f"normref bench: --{name} must be at least 1", file=sys.stderr)
+            return 2
+    run_bench(layers=args.layer, quick=args.quick, largest=args.largest, rounds=args.rounds,
+              reps_per_round=args.reps)
     return 0

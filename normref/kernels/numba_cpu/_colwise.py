@@ -12,9 +12,10 @@ Statistics: two-pass per slice, merged across slices by Chan's formula
 ----------------------------------------------------------------------
 A channel holds ``N·S`` values (hundreds of KiB at realistic sizes, more than a core's L2), so a plain two-pass
 variance over the whole channel would read it from memory twice. Instead each slice (``S`` values, a few KiB, in L1)
-gets its own exact two-pass ``(mean, M2)``, and the slices are folded together with Chan's merge
-(:func:`normref._moments.chan_merge`, mirrored by :func:`chan_merge_equal` below). That is one memory pass for the
-statistics, and as stable as the two-pass formula: no :math:`E[x^2]-E[x]^2`.
+gets its own corrected two-pass ``(mean, M2)`` (:func:`._common.moments`, lane-blocked and vectorized), and the
+slices are folded together with Chan's merge (:func:`normref._moments.chan_merge`, mirrored by
+:func:`chan_merge_equal` below). That is one memory pass for the statistics, and as stable as the two-pass formula:
+no :math:`E[x^2]-E[x]^2`.
 
 Passes over memory: forward = statistics (read ``x``), then ``y`` (read ``x`` again, mostly from the shared L3,
 write ``y``); backward = the sums :math:`\sum dy\,(x-\mu)` and :math:`\sum dy` (read ``x``, ``dy``), then ``dx``
@@ -30,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import (HELPER, NumbaNormCache, dot_sum_lanes, given_stats_flat, kernel_affine, kernel_dy,
-                      parameter_gradients, sum_lanes, sumsq_lanes, threads_for)
+from ._common import (HELPER, LANES, NumbaNormCache, dot_sum, given_stats_flat, kernel_affine, kernel_dy, moments,
+                      output_like, parameter_gradients, threads_for)
 
 
 @njit(**HELPER)
@@ -57,22 +58,21 @@ def channels_forward(x, gamma, beta, eps, batch_stats, mean, var, rstd, y):
     """
     batch, channels, size = x.shape
     for c in prange(channels):  # iteration c owns channel c: mean[c], var[c], rstd[c] and y[:, c, :]
+        lanes, wide = np.empty((2, LANES), x.dtype), np.empty((2, LANES))
         if batch_stats:
             count, mu, m2 = 0.0, 0.0, 0.0
             for i in range(batch):
-                v = x[i, c]
-                mu_i = sum_lanes(v, 0.0) / size
-                count, mu, m2 = chan_merge_equal(count, mu, m2, float(size), mu_i, sumsq_lanes(v, mu_i))
+                mu_i, var_i = moments(x[i, c], lanes, wide)
+                count, mu, m2 = chan_merge_equal(count, mu, m2, float(size), mu_i, var_i * size)
             mean[c] = mu
             var[c] = m2 / count
-        mu = mean[c]
-        s = 1.0 / np.sqrt(var[c] + eps)
-        rstd[c] = s
+        rstd[c] = 1.0 / np.sqrt(var[c] + eps)
+        m, s = x.dtype.type(mean[c]), x.dtype.type(rstd[c])
         g, b = gamma[c], beta[c]
         for i in range(batch):
             v, out = x[i, c], y[i, c]
             for j in range(size):
-                out[j] = (v[j] - mu) * s * g + b
+                out[j] = ((v[j] - m) * s) * g + b
 
 
 @njit(parallel=True, fastmath=False, cache=True)
@@ -88,33 +88,34 @@ def channels_backward(x, dy, gamma, mean, rstd, batch_stats, dx, dgamma, dbeta):
         dgamma, dbeta: ``(C,)`` float64 outputs, ``Σ dy·x̂`` and ``Σ dy`` over the channel.
     """
     batch, channels, size = x.shape
-    m = batch * size
+    count = batch * size
     for c in prange(channels):  # iteration c owns channel c: dgamma[c], dbeta[c] and dx[:, c, :]
-        mu, s, g = mean[c], rstd[c], gamma[c]
+        lanes, wide = np.empty((2, LANES), x.dtype), np.empty((2, LANES))
+        m, s, g = x.dtype.type(mean[c]), x.dtype.type(rstd[c]), gamma[c]
         p = q = 0.0
         for i in range(batch):
-            a, b = dot_sum_lanes(dy[i, c], x[i, c], mu)  # Σ dy·(x - mean), Σ dy over one slice
+            a, b = dot_sum(dy[i, c], x[i, c], m, lanes, wide)  # Σ dy·(x - m), Σ dy over one slice
             p += a
             q += b
-        dgamma[c] = p * s
+        dgamma[c] = p * rstd[c]
         dbeta[c] = q
-        c1 = g * p * s / m if batch_stats else 0.0  # mean(g·x̂) with g = gamma·dy
-        c2 = g * q / m if batch_stats else 0.0  # mean(g)
+        c1 = x.dtype.type(g * p * rstd[c] / count) if batch_stats else x.dtype.type(0)  # mean(g·x̂), g = γ·dy
+        c2 = x.dtype.type(g * q / count) if batch_stats else x.dtype.type(0)  # mean(g)
         for i in range(batch):
             v, d, out = x[i, c], dy[i, c], dx[i, c]
             for j in range(size):
-                out[j] = s * (g * d[j] - c2 - (v[j] - mu) * s * c1)
+                out[j] = s * (g * d[j] - c2 - ((v[j] - m) * s) * c1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Drivers: allocate, run a kernel, build the cache. The op module validates and chooses the view.
 
 
-def run_channels_forward(x, gamma, beta, *, eps, given, stat_shape):
+def run_channels_forward(x, gamma, beta, *, eps, given, stat_shape, out=None):
     """Forward of BatchNorm on the validated, contiguous ``x`` ``(N, C, *spatial)``.
 
-    ``given`` is ``None`` or ``(mean, var)`` shaped like the reference cache's ``stat_shape = (1, C, 1, ...)``.
-    Returns ``(y, cache)``.
+    ``given`` is ``None`` or ``(mean, var)`` shaped like the reference cache's ``stat_shape = (1, C, 1, ...)``;
+    ``out`` is ``None`` or an array to write ``y`` into (see :func:`._common.output_like`). Returns ``(y, cache)``.
     """
     batch, channels = x.shape[:2]
     x3 = x.reshape(batch, channels, -1)
@@ -124,7 +125,7 @@ def run_channels_forward(x, gamma, beta, *, eps, given, stat_shape):
     else:
         mean, var = given_stats_flat(given[0], given[1], stat_shape)
     rstd = np.empty(channels)
-    y = np.empty_like(x)
+    y = output_like(x, out)
     with threads_for(x.nbytes):
         channels_forward(x3, g, b, eps, given is None, mean, var, rstd, y.reshape(x3.shape))
     if given is None:
@@ -138,14 +139,15 @@ def run_channels_forward(x, gamma, beta, *, eps, given, stat_shape):
     return y, cache
 
 
-def run_channels_backward(dy, cache: NumbaNormCache):
-    """``(dx, dgamma, dbeta)`` for a cache from :func:`run_channels_forward`."""
+def run_channels_backward(dy, cache: NumbaNormCache, out=None):
+    """``(dx, dgamma, dbeta)`` for a cache from :func:`run_channels_forward`; ``out`` as in the forward, for ``dx``."""
     x3 = cache.x
     dy3 = kernel_dy(dy, cache.x_shape, x3.dtype).reshape(x3.shape)
-    dx = np.empty_like(x3)
+    dx_out = output_like(x3, out, cache.x_shape, inputs=(dy3,))
     channels = x3.shape[1]
     dgamma, dbeta = np.empty(channels), np.empty(channels)
     with threads_for(x3.nbytes):
-        channels_backward(x3, dy3, cache.gamma, cache.kernel_mean, cache.rstd, cache.batch_stats, dx, dgamma, dbeta)
+        channels_backward(x3, dy3, cache.gamma, cache.kernel_mean, cache.rstd, cache.batch_stats,
+                          dx_out.reshape(x3.shape), dgamma, dbeta)
     dgamma, dbeta = parameter_gradients(cache, dgamma, dbeta)
-    return dx.reshape(cache.x_shape), dgamma, dbeta
+    return dx_out, dgamma, dbeta

@@ -1,33 +1,76 @@
-r"""What every Numba CPU kernel shares: compile options, lane-split sums, and the array boundary.
+r"""What every Numba CPU kernel shares: compile options, the lane-blocked sums, and the array boundary.
 
 Compile options
 ---------------
 Every kernel is compiled with ``parallel=True, fastmath=False, cache=True``, spelled out at each ``@njit``:
 
-* ``fastmath=False`` forbids the compiler from reassociating floating-point sums, so a kernel computes exactly the
-  order of operations written in its source. A fastmath build would be faster on the reductions and would round
-  differently; if one is ever added it gets its own backend name, so the checked path never changes silently.
-* ``cache=True`` writes the compiled machine code next to the source (or to ``NUMBA_CACHE_DIR``), so only the
-  first run on a machine pays the compile time (``normref bench`` reports that cold-start cost separately).
-* Kernels are compiled for float32 and float64 only: parameters, statistics and gradients are passed in fixed
-  dtypes (float64 for statistics and partial sums, ``x``'s dtype for ``gamma``/``beta``), so each kernel has exactly
-  two signatures.
+* ``fastmath=False`` forbids the compiler from reassociating floating-point sums or contracting ``a*b + c`` into
+  an FMA, so a kernel computes exactly the operations written in its source, in that order, and its results are
+  bitwise reproducible. A fastmath build would round differently; it would get its own backend name.
+* ``cache=True`` writes the compiled machine code to Numba's on-disk cache, so only the first run on a machine pays
+  the compile time (``normref bench`` reports that cold start separately).
+* Kernels are compiled for float32 and float64. Per-row and per-channel statistics are float64 (``mean``,
+  ``rstd``); elementwise work (``x̂``, ``y``, ``dx``) runs in the storage dtype.
 
-Sums in lanes
--------------
-Without reassociation, ``s += v[j]`` is one long chain of dependent additions: one addition per floating-point
-latency (3-4 cycles), far slower than memory. :func:`sum_lanes` and friends keep four independent partial sums
-(``j ≡ 0, 1, 2, 3 (mod 4)``) and add them in a fixed order at the end. That is a different, equally exact order of
-summation (it is a step towards pairwise summation), written out in the source, so the compiler may put the four
-lanes in one SIMD register without any fastmath licence, and the result is the same on every run. Sums accumulate in
-float64 whatever the storage dtype (:func:`normref._moments.accumulation_dtype`).
+Sums in lanes and blocks
+------------------------
+Without reassociation, ``s += v[j]`` is one chain of dependent additions, one per floating-point latency (3-4
+cycles): several times slower than memory. (Numba also leaves LLVM's SLP vectorizer off by default,
+``NUMBA_SLP_VECTORIZE=0``, so hand-unrolled scalar lanes ``a0 += ...; a1 += ...`` stay scalar.) The sums here are
+instead written as an *elementwise* loop over an array of :data:`LANES` partial sums::
+
+    for i in range(0, m, LANES):          # the values, LANES at a time
+        for k in range(LANES):            # lane k adds values k, k + LANES, k + 2·LANES, ...
+            lanes[k] += v[i + k] - shift
+
+The inner loop carries no dependence from one ``k`` to the next, so LLVM's loop vectorizer turns it into a few
+SIMD additions (8 float32 or 4 float64 per AVX2 instruction) with no licence to reorder anything: lane ``k`` adds
+its values in index order, vectorized or not, so the result is the same on every run, thread count and CPU.
+
+The lanes hold the *storage* dtype, which for float32 input is 8 values per instruction instead of 4, but limits
+the depth: a lane takes at most :data:`DEPTH` values, then the block's lanes are added (converted exactly) into
+float64 lanes, and at the end of the vector the float64 lanes are summed pairwise (:func:`pairwise_total`).
+Statistics of float64 input are float64 throughout.
+
+**Error bound** (u = unit roundoff of the storage dtype, 2⁻²⁴ ≈ 6.0e-8 for float32, 2⁻⁵³ for float64;
+Higham, *Accuracy and Stability of Numerical Algorithms*, §4.2). A sum of terms ``t_j`` (each already rounded once,
+relative error ≤ u) accumulated this way satisfies
+
+.. math::
+
+    \Bigl|\widehat{\textstyle\sum_j t_j} - \textstyle\sum_j t_j\Bigr|
+    \le \bigl((D - 1)\,u + u + (\lceil n/B\rceil + \log_2 L)\,u_{64}\bigr) \textstyle\sum_j |t_j|
+    \approx D\,u \textstyle\sum_j |t_j|,
+
+with ``D = DEPTH = 16``, ``L = LANES``, ``B = L·D``: ≤ 9.6e-7 Σ|t| in float32 (the float64 stages add ~1e-16 per
+level). NumPy's own float32 sums (pairwise, blocks of 8, used by the reference backward for ``c1``, ``c2``,
+``dgamma``) have a bound of the same kind, ``(log2(n/8) + 8)u Σ|t|``. Where the bound lands in each result:
+
+* **mean** (corrected two-pass, :func:`moments`): pass 1 gives ``μ₁ = K + Σ(x - K)/n`` with ``K = x[0]``; pass 2
+  sums ``d = x - m`` and ``d²`` with ``m = μ₁`` rounded to storage, and returns ``μ = m + Σd/n`` and
+  ``σ² = Σd²/n - (Σd/n)²`` (Björck's corrected two-pass formula; exact in exact arithmetic for any ``m``).
+  Because ``m`` is already within ``D·u(σ + |K - μ|)`` of ``μ``, ``Σ|d| ≤ n(σ + |m - μ|)``, so
+  ``|μ̂ - μ| ≤ 2D·u·σ``: an error of at most ~2e-6 in ``x̂ = (x - μ)/σ``, **independent of the offset** ``|μ|/σ``
+  (a float32 row ``1000 + 0.01·N(0,1)`` keeps its statistics to a few 1e-7 relative, tested).
+* **variance**: terms ``d² ≥ 0`` do not cancel, so ``|σ̂² - σ²| ≤ (D + 2)u σ²``: ``rstd`` to ~6e-7 relative.
+* **c1, c2** (``mean(g·x̂)``, ``mean(g)`` of the backward): absolute error ≤ ``D·u·mean|g|`` and
+  ``D·u·mean|g·x̂|``, so ``dx = rstd(g - c2 - x̂·c1)`` is off by ≤ ~2e-6 of ``rstd·max|g|``.
+* **dgamma, dbeta** (sums over rows of the chunk, the same blocking across rows: ≤ ``D`` rows in the storage dtype,
+  then float64): error ≤ ``(D + 2)u Σ_rows|dy·x̂|``.
+
+The float32 tests see 1e-7 to 1e-6 norm-relative error against the float64 reference, under the 1e-5 tolerance;
+float64 sees ~1e-15 (tolerance 1e-12).
+
+Short vectors (at most :data:`LANES` values, e.g. a 5×5 GroupNorm segment) skip the lanes: one float64 chain.
 
 The boundary
 ------------
 Kernels index raw, C-contiguous arrays. :func:`as_kernel_array` makes a non-contiguous input contiguous, which
 **copies it** (one extra read and write of the tensor, documented in every op): a strided view would make every
 inner loop a gather. Complex input, which the NumPy reference accepts for the complex step, raises ``TypeError``
-here: the kernels are real-only.
+here: the kernels are real-only. Outputs can be passed in (``out=`` on every forward and backward): a fresh
+32 MiB array costs a page-zeroing pass in the kernel on first touch (about 3-4 ms here), more than a third of the
+bandwidth floor of a forward pass; a caller that reuses buffers skips it.
 """
 
 from __future__ import annotations
@@ -44,6 +87,12 @@ from ..._validate import as_array, cast_like, check_dy, check_param
 # The helpers are small and called from inside parallel loops; LLVM inlines them into each kernel.
 HELPER = dict(fastmath=False, cache=True)
 
+# Independent partial sums per reduction: 4 AVX2 registers of float32 (8 of float64), enough to hide the latency.
+LANES = 32
+# Values added into one lane in the storage dtype before the block is flushed into float64 (the error bound's D).
+DEPTH = 16
+BLOCK = LANES * DEPTH
+
 # A fixed number of row chunks for the two-stage parameter-gradient reduction. It does not depend on the number of
 # threads, so the partial sums, and therefore dgamma and dbeta, are bitwise the same on any machine.
 MAX_CHUNKS = 32
@@ -56,7 +105,12 @@ PARALLEL_MIN_BYTES = 256 * 1024
 
 @contextlib.contextmanager
 def threads_for(nbytes: int):
-    """Run the enclosed kernel call on one thread when the input is smaller than :data:`PARALLEL_MIN_BYTES`."""
+    """Run the enclosed kernel call on one thread when the input is smaller than :data:`PARALLEL_MIN_BYTES`.
+
+    (Numba's default static split of the ``prange`` iterations is kept: dynamic scheduling,
+    ``numba.set_parallel_chunksize(1)``, was measured here under load and was no better, 28-40 ms against 32 ms
+    for a LayerNorm forward+backward on 32 MiB, so it is not worth the extra state.)
+    """
     if nbytes >= PARALLEL_MIN_BYTES:
         yield
         return
@@ -69,70 +123,182 @@ def threads_for(nbytes: int):
 
 
 @njit(**HELPER)
-def sum_lanes(v, shift):
-    """``Σ_j (v[j] - shift)`` over a 1-D array, in four float64 lanes."""
-    n = v.size
-    a0 = a1 = a2 = a3 = 0.0
-    m = n - n % 4
-    for j in range(0, m, 4):
-        a0 += v[j] - shift
-        a1 += v[j + 1] - shift
-        a2 += v[j + 2] - shift
-        a3 += v[j + 3] - shift
-    for j in range(m, n):
-        a0 += v[j] - shift
-    return (a0 + a1) + (a2 + a3)
+def pairwise_total(wide):
+    """Sum the float64 lanes pairwise, in place: ``wide[k] += wide[k + w]`` for ``w = LANES/2, ..., 1``."""
+    w = LANES // 2
+    while w:
+        for k in range(w):
+            wide[k] += wide[k + w]
+        w //= 2
+    return wide[0]
 
 
 @njit(**HELPER)
-def sumsq_lanes(v, shift):
-    """``Σ_j (v[j] - shift)²`` over a 1-D array, in four float64 lanes: the second pass of the two-pass variance."""
+def _block_sums(v, shift, lanes):
+    """``lanes[0, k] = Σ_i d[i·L + k]`` and ``lanes[1, k] = Σ_i d[i·L + k]²``, ``d = v - shift``; ``v.size ≤ BLOCK``."""
     n = v.size
-    a0 = a1 = a2 = a3 = 0.0
-    m = n - n % 4
-    for j in range(0, m, 4):
-        d0 = v[j] - shift
-        d1 = v[j + 1] - shift
-        d2 = v[j + 2] - shift
-        d3 = v[j + 3] - shift
-        a0 += d0 * d0
-        a1 += d1 * d1
-        a2 += d2 * d2
-        a3 += d3 * d3
+    m = n - n % LANES
+    s1, s2 = lanes[0], lanes[1]
+    s1[:] = 0
+    s2[:] = 0
+    for i in range(0, m, LANES):
+        for k in range(LANES):  # elementwise in k: vectorized, and lane k's order of additions is fixed
+            d = v[i + k] - shift
+            s1[k] += d
+            s2[k] += d * d
     for j in range(m, n):
         d = v[j] - shift
-        a0 += d * d
-    return (a0 + a1) + (a2 + a3)
+        s1[j - m] += d
+        s2[j - m] += d * d
 
 
 @njit(**HELPER)
-def dot_sum_lanes(dy, x, shift):
-    """``(Σ_j dy[j]·(x[j] - shift), Σ_j dy[j])`` over 1-D arrays, each in four float64 lanes.
-
-    The two sums the backward needs per normalized set (times ``rstd`` and ``gamma`` they give ``c1`` and ``c2``).
-    """
-    n = x.size
-    p0 = p1 = p2 = p3 = 0.0
-    q0 = q1 = q2 = q3 = 0.0
-    m = n - n % 4
-    for j in range(0, m, 4):
-        p0 += dy[j] * (x[j] - shift)
-        p1 += dy[j + 1] * (x[j + 1] - shift)
-        p2 += dy[j + 2] * (x[j + 2] - shift)
-        p3 += dy[j + 3] * (x[j + 3] - shift)
-        q0 += dy[j]
-        q1 += dy[j + 1]
-        q2 += dy[j + 2]
-        q3 += dy[j + 3]
+def _block_sum(v, shift, lanes):
+    """``lanes[k] = Σ_i (v[i·L + k] - shift)`` over one block (``v.size ≤ BLOCK``)."""
+    n = v.size
+    m = n - n % LANES
+    lanes[:] = 0
+    for i in range(0, m, LANES):
+        for k in range(LANES):
+            lanes[k] += v[i + k] - shift
     for j in range(m, n):
-        p0 += dy[j] * (x[j] - shift)
-        q0 += dy[j]
-    return (p0 + p1) + (p2 + p3), (q0 + q1) + (q2 + q3)
+        lanes[j - m] += v[j] - shift
+
+
+@njit(**HELPER)
+def _block_sumsq(v, lanes):
+    """``lanes[k] = Σ_i v[i·L + k]²`` over one block (``v.size ≤ BLOCK``)."""
+    n = v.size
+    m = n - n % LANES
+    lanes[:] = 0
+    for i in range(0, m, LANES):
+        for k in range(LANES):
+            lanes[k] += v[i + k] * v[i + k]
+    for j in range(m, n):
+        lanes[j - m] += v[j] * v[j]
+
+
+@njit(**HELPER)
+def sum_shifted(v, shift, lanes, wide):
+    """``Σ_j (v[j] - shift)`` in float64, lane-blocked (``lanes``/``wide``: scratch rows from the kernel)."""
+    if v.size <= LANES:
+        t = 0.0
+        for j in range(v.size):
+            t += v[j] - shift
+        return t
+    wide[:] = 0.0
+    for b in range(0, v.size, BLOCK):
+        _block_sum(v[b:b + BLOCK], shift, lanes)
+        for k in range(LANES):
+            wide[k] += lanes[k]
+    return pairwise_total(wide)
+
+
+@njit(**HELPER)
+def sum_squares(v, lanes, wide):
+    """``Σ_j v[j]²`` in float64, lane-blocked: RMSNorm's mean square (no shift, nothing to cancel)."""
+    if v.size <= LANES:
+        t = 0.0
+        for j in range(v.size):
+            t += v[j] * v[j]
+        return t
+    wide[:] = 0.0
+    for b in range(0, v.size, BLOCK):
+        _block_sumsq(v[b:b + BLOCK], lanes)
+        for k in range(LANES):
+            wide[k] += lanes[k]
+    return pairwise_total(wide)
+
+
+@njit(**HELPER)
+def moments(v, lanes, wide):
+    """``(mean, var)`` of a 1-D vector, float64: the corrected two-pass algorithm (see the module docstring).
+
+    Pass 1: ``μ₁ = K + Σ(v - K)/n`` with ``K = v[0]``. Pass 2, with ``m = μ₁`` rounded to the storage dtype:
+    ``S₁ = Σ(v - m)``, ``S₂ = Σ(v - m)²``; ``mean = m + S₁/n``, ``var = S₂/n - (S₁/n)²``. No ``E[x²] - E[x]²``:
+    ``S₁/n`` is the small correction ``mean - m``, whose square is far below ``S₂/n``.
+    """
+    n = v.size
+    shift = v[0]
+    m = v.dtype.type(shift + sum_shifted(v, shift, lanes[0], wide[0]) / n)
+    if n <= LANES:
+        s1 = s2 = 0.0
+        for j in range(n):
+            d = v[j] - m
+            s1 += d
+            s2 += d * d
+    else:
+        wide[:] = 0.0
+        for b in range(0, n, BLOCK):
+            _block_sums(v[b:b + BLOCK], m, lanes)
+            for k in range(LANES):
+                wide[0, k] += lanes[0, k]
+                wide[1, k] += lanes[1, k]
+        s1, s2 = pairwise_total(wide[0]), pairwise_total(wide[1])
+    c = s1 / n
+    return m + c, max(s2 / n - c * c, 0.0)
+
+
+@njit(**HELPER)
+def _block_dot_sum(dy, x, shift, lanes):
+    """``lanes[0, k] = Σ_i dy·(x - shift)``, ``lanes[1, k] = Σ_i dy`` over one block (lane ``k``: ``i·L + k``)."""
+    n = x.size
+    m = n - n % LANES
+    p, q = lanes[0], lanes[1]
+    p[:] = 0
+    q[:] = 0
+    for i in range(0, m, LANES):
+        for k in range(LANES):
+            p[k] += dy[i + k] * (x[i + k] - shift)
+            q[k] += dy[i + k]
+    for j in range(m, n):
+        p[j - m] += dy[j] * (x[j] - shift)
+        q[j - m] += dy[j]
+
+
+@njit(**HELPER)
+def dot_sum(dy, x, shift, lanes, wide):
+    """``(Σ_j dy[j]·(x[j] - shift), Σ_j dy[j])`` in float64, lane-blocked.
+
+    The two sums the backward needs per normalized set with a scalar ``gamma`` (BatchNorm's channel, a GroupNorm
+    segment): times ``rstd`` and ``gamma`` they give ``dgamma``, ``dbeta``, ``c1`` and ``c2``.
+    """
+    if x.size <= LANES:
+        p = q = 0.0
+        for j in range(x.size):
+            p += dy[j] * (x[j] - shift)
+            q += dy[j]
+        return p, q
+    wide[:] = 0.0
+    for b in range(0, x.size, BLOCK):
+        _block_dot_sum(dy[b:b + BLOCK], x[b:b + BLOCK], shift, lanes)
+        for k in range(LANES):
+            wide[0, k] += lanes[0, k]
+            wide[1, k] += lanes[1, k]
+    return pairwise_total(wide[0]), pairwise_total(wide[1])
 
 
 def as_kernel_array(x, name: str) -> np.ndarray:
     """``x`` as a real, C-contiguous float32/float64 array (a copy only when ``x`` is not contiguous)."""
     return np.ascontiguousarray(as_array(x, name, allow_complex=False))
+
+
+def output_like(x: np.ndarray, out, shape: tuple[int, ...] | None = None, inputs=()) -> np.ndarray:
+    """A fresh output like ``x`` (``out=None``), or ``out`` checked: an ndarray of ``shape`` (default ``x.shape``),
+    ``x``'s dtype, C-contiguous, writeable, overlapping neither ``x`` nor ``inputs`` (else ``TypeError``/
+    ``ValueError``)."""
+    shape = x.shape if shape is None else tuple(shape)
+    if out is None:
+        return np.empty(shape, x.dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape or out.dtype != x.dtype:
+        raise ValueError(f"out must have shape {shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("out must be C-contiguous and writeable")
+    if any(np.may_share_memory(out, a) for a in (x,) + tuple(inputs)):
+        raise ValueError("out must not overlap the inputs")
+    return out
 
 
 def real_affine(x: np.ndarray, gamma, beta, shape: tuple[int, ...]):

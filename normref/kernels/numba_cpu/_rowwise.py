@@ -14,24 +14,31 @@ Two affine layouts share the same statistics:
 Passes over memory
 ------------------
 A row (a few KiB to a few hundred KiB) stays in the core's cache while it is worked on, so the passes *within* a row
-cost cache bandwidth, not memory bandwidth. Per row:
+cost cache bandwidth, not memory bandwidth; each is one vectorized loop (:mod:`._common`, "Sums in lanes"). Per row:
 
-* forward: mean (pass 1), :math:`\sigma^2 = \operatorname{mean}(x-\mu)^2` (pass 2, two-pass, never
-  :math:`E[x^2]-E[x]^2`), then ``y`` (pass 3). Memory sees: read ``x`` once, write ``y`` once. ``mean`` and
-  ``rstd`` (one float64 each per row) are stored; ``x̂`` is not: the backward recomputes it from ``x``, which it has
-  to read anyway, and so saves writing and re-reading a tensor the size of ``x``.
-* backward: the sums :math:`\sum g\hat x`, :math:`\sum g` and the row's parameter partials (pass 1), then
-  :math:`dx = \mathrm{rstd}(g - c_2 - \hat x c_1)` (pass 2). Memory sees: read ``x`` and ``dy`` once, write ``dx``.
+* forward: the corrected two-pass moments (:func:`._common.moments`: a shifted sum, then ``Σd`` and ``Σd²`` in one
+  pass, never :math:`E[x^2]-E[x]^2`), then ``y = ((x - m)·rstd)·γ + β`` in the storage dtype, ``m`` = the mean
+  rounded to it. Memory sees: read ``x`` once, write ``y`` once. ``mean`` and ``rstd`` (one float64 each per row)
+  are stored; ``x̂`` is not: the backward recomputes it from ``x``, which it has to read anyway (bit for bit the
+  ``x̂`` of the forward), and so saves writing and re-reading a tensor the size of ``x``.
+* backward: the row's share of ``dgamma``/``dbeta`` (pass 1), the sums :math:`\sum g\hat x`, :math:`\sum g`
+  (pass 2), then :math:`dx = \mathrm{rstd}(g - c_2 - \hat x c_1)` (pass 3). Memory sees: read ``x`` and ``dy``
+  once, write ``dx``. (The three loops stay separate on purpose: one loop writing four arrays needs more
+  run-time aliasing checks than LLVM's vectorizer is willing to emit, and would run scalar.)
 
 Parallel structure and the two-stage parameter reduction
 --------------------------------------------------------
-The forward runs ``prange`` over rows: iteration ``r`` owns row ``r`` of ``y`` and entry ``r`` of the statistics,
-so no element is written twice. The backward cannot do the same for ``dgamma``: every row adds into every
+The forward runs ``prange`` over chunks of rows: iteration ``c`` owns its rows of ``y`` and their entries of the
+statistics, so no element is written twice. The backward cannot do the same for ``dgamma``: every row adds into every
 ``dgamma[j]``, and ``dgamma[j] += ...`` from two threads is a data race (a lost update; tutorial 08 shows it).
 So rows are split into a fixed number of contiguous chunks (:data:`MAX_CHUNKS`, independent of the thread count)
 and the ``prange`` runs over chunks: chunk ``c`` owns its rows of ``dx`` and row ``c`` of ``dgamma_part``/
 ``dbeta_part`` (float64). The caller then sums the partials over chunks (stage 2). Each partial is a fixed
-sequence of additions, so the result is deterministic, bitwise, run after run.
+sequence of additions, so the result is deterministic, bitwise, run after run. Within a chunk the elementwise
+layout adds each row's ``dy·x̂`` into a storage-dtype row buffer and flushes it into the float64 partial every
+:data:`DEPTH` rows: the lanes-and-blocks scheme of :mod:`._common` with rows as the lanes' depth (float64 work
+once per 16 rows instead of per row). (The mean ``m`` is rounded to the storage dtype
+before ``x - m``, as the NumPy reference rounds its mean to ``x``'s dtype: the two agree even when ``|mean| ≫ std``.)
 """
 
 from __future__ import annotations
@@ -39,43 +46,48 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import (HELPER, MAX_CHUNKS, NumbaNormCache, chunk_count, dot_sum_lanes, given_stats_flat,  # noqa: F401
-                      kernel_affine, kernel_dy, parameter_gradients, sum_lanes, sumsq_lanes, threads_for)
+from ._common import (BLOCK, DEPTH, HELPER, LANES, MAX_CHUNKS, NumbaNormCache, chunk_count, dot_sum,  # noqa: F401
+                      given_stats_flat, kernel_affine, kernel_dy, moments, output_like, pairwise_total,
+                      parameter_gradients, sum_squares, threads_for)
 
 
 @njit(**HELPER)
-def row_moments(v, center):
-    """Two-pass ``(mean, var)`` of a 1-D row in float64; with ``center=False``, ``(0, mean square)``."""
-    n = v.size
-    mu = sum_lanes(v, 0.0) / n if center else 0.0
-    return mu, sumsq_lanes(v, mu) / n
+def row_stats(v, center, lanes, wide):
+    """``(mean, var)`` of a row in float64; with ``center=False``, ``(0, mean square)``."""
+    if center:
+        return moments(v, lanes, wide)
+    return 0.0, sum_squares(v, lanes[0], wide[0]) / v.size
 
 
 @njit(**HELPER)
-def gamma_dot_sum_lanes(gamma, dy, x, shift):
-    """``(Σ_j gamma[j]·dy[j]·(x[j] - shift), Σ_j gamma[j]·dy[j])`` in four float64 lanes (``g = gamma·dy``)."""
+def _block_gamma_sums(gamma, dy, x, m, s, lanes):
+    """``lanes[0, k] = Σ_i g·x̂``, ``lanes[1, k] = Σ_i g`` over one block, ``g = γ·dy``, ``x̂ = (x - m)·s``."""
     n = x.size
-    p0 = p1 = p2 = p3 = 0.0
-    q0 = q1 = q2 = q3 = 0.0
-    m = n - n % 4
-    for j in range(0, m, 4):
-        g0 = gamma[j] * dy[j]
-        g1 = gamma[j + 1] * dy[j + 1]
-        g2 = gamma[j + 2] * dy[j + 2]
-        g3 = gamma[j + 3] * dy[j + 3]
-        p0 += g0 * (x[j] - shift)
-        p1 += g1 * (x[j + 1] - shift)
-        p2 += g2 * (x[j + 2] - shift)
-        p3 += g3 * (x[j + 3] - shift)
-        q0 += g0
-        q1 += g1
-        q2 += g2
-        q3 += g3
-    for j in range(m, n):
+    full = n - n % LANES
+    p, q = lanes[0], lanes[1]
+    p[:] = 0
+    q[:] = 0
+    for i in range(0, full, LANES):
+        for k in range(LANES):
+            g = gamma[i + k] * dy[i + k]
+            p[k] += g * ((x[i + k] - m) * s)
+            q[k] += g
+    for j in range(full, n):
         g = gamma[j] * dy[j]
-        p0 += g * (x[j] - shift)
-        q0 += g
-    return (p0 + p1) + (p2 + p3), (q0 + q1) + (q2 + q3)
+        p[j - full] += g * ((x[j] - m) * s)
+        q[j - full] += g
+
+
+@njit(**HELPER)
+def gamma_sums(gamma, dy, x, m, s, lanes, wide):
+    """``(Σ_j g_j·x̂_j, Σ_j g_j)`` over a row in float64, lane-blocked; ``g = γ·dy``, ``x̂ = (x - m)·s``."""
+    wide[:] = 0.0
+    for b in range(0, x.size, BLOCK):
+        _block_gamma_sums(gamma[b:b + BLOCK], dy[b:b + BLOCK], x[b:b + BLOCK], m, s, lanes)
+        for k in range(LANES):
+            wide[0, k] += lanes[0, k]
+            wide[1, k] += lanes[1, k]
+    return pairwise_total(wide[0]), pairwise_total(wide[1])
 
 
 @njit(parallel=True, fastmath=False, cache=True)
@@ -93,16 +105,18 @@ def rows_forward(x, gamma, beta, eps, center, batch_stats, mean, var, rstd, y):
         y: ``(rows, n)`` output, ``x``'s dtype.
     """
     rows, n = x.shape
-    for r in prange(rows):  # iteration r owns row r of y and entry r of mean, var, rstd
-        xr = x[r]
-        if batch_stats:
-            mean[r], var[r] = row_moments(xr, center)
-        mu = mean[r]
-        s = 1.0 / np.sqrt(var[r] + eps)
-        rstd[r] = s
-        yr = y[r]
-        for j in range(n):
-            yr[j] = (xr[j] - mu) * s * gamma[j] + beta[j]
+    chunks = min(rows, MAX_CHUNKS)
+    per_chunk = (rows + chunks - 1) // chunks
+    for c in prange(chunks):  # chunk c owns its rows of y and their entries of mean, var, rstd
+        lanes, wide = np.empty((2, LANES), x.dtype), np.empty((2, LANES))
+        for r in range(c * per_chunk, min(rows, (c + 1) * per_chunk)):
+            xr, yr = x[r], y[r]
+            if batch_stats:
+                mean[r], var[r] = row_stats(xr, center, lanes, wide)
+            rstd[r] = 1.0 / np.sqrt(var[r] + eps)
+            m, s = x.dtype.type(mean[r]), x.dtype.type(rstd[r])  # the row's constants in the storage dtype
+            for j in range(n):
+                yr[j] = ((xr[j] - m) * s) * gamma[j] + beta[j]
 
 
 @njit(parallel=True, fastmath=False, cache=True)
@@ -122,21 +136,28 @@ def rows_backward(x, dy, gamma, mean, rstd, center, batch_stats, dx, dgamma_part
     chunks = dgamma_part.shape[0]
     per_chunk = (rows + chunks - 1) // chunks
     for c in prange(chunks):  # chunk c owns rows [c·per_chunk, (c+1)·per_chunk) of dx and row c of the partials
-        dgamma_c = dgamma_part[c]
-        dbeta_c = dbeta_part[c]
-        for r in range(c * per_chunk, min(rows, (c + 1) * per_chunk)):
+        lanes, wide = np.empty((2, LANES), x.dtype), np.empty((2, LANES))
+        dgamma_blk, dbeta_blk = np.zeros(n, x.dtype), np.zeros(n, x.dtype)  # <= DEPTH rows, storage dtype
+        first, last = c * per_chunk, min(rows, (c + 1) * per_chunk)
+        for r in range(first, last):
             xr, dyr, dxr = x[r], dy[r], dx[r]
-            mu, s = mean[r], rstd[r]
-            for j in range(n):  # this row's share of dgamma = Σ dy·x̂ and dbeta = Σ dy
-                dgamma_c[j] += dyr[j] * ((xr[j] - mu) * s)
-                dbeta_c[j] += dyr[j]
-            c1 = c2 = 0.0
-            if batch_stats:  # c1 = mean(g·x̂), c2 = mean(g), g = gamma·dy
-                p, q = gamma_dot_sum_lanes(gamma, dyr, xr, mu)
-                c1 = p * s / n
-                c2 = q / n if center else 0.0
-            for j in range(n):
-                dxr[j] = s * (gamma[j] * dyr[j] - c2 - (xr[j] - mu) * s * c1)
+            m, s = x.dtype.type(mean[r]), x.dtype.type(rstd[r])
+            for j in range(n):  # pass 1: this row's share of dgamma = Σ dy·x̂ and dbeta = Σ dy
+                dgamma_blk[j] += dyr[j] * ((xr[j] - m) * s)
+                dbeta_blk[j] += dyr[j]
+            if (r - first) % DEPTH == DEPTH - 1 or r == last - 1:  # flush the block into the float64 partials
+                for j in range(n):
+                    dgamma_part[c, j] += dgamma_blk[j]
+                    dbeta_part[c, j] += dbeta_blk[j]
+                dgamma_blk[:] = 0
+                dbeta_blk[:] = 0
+            c1 = c2 = x.dtype.type(0)
+            if batch_stats:  # pass 2: c1 = mean(g·x̂), c2 = mean(g), g = γ·dy
+                p, q = gamma_sums(gamma, dyr, xr, m, s, lanes, wide)
+                c1 = x.dtype.type(p / n)
+                c2 = x.dtype.type(q / n) if center else x.dtype.type(0)
+            for j in range(n):  # pass 3
+                dxr[j] = s * (gamma[j] * dyr[j] - c2 - ((xr[j] - m) * s) * c1)
 
 
 @njit(parallel=True, fastmath=False, cache=True)
@@ -152,60 +173,63 @@ def segments_forward(x, gamma, beta, groups, seg, eps, batch_stats, mean, var, r
     """
     rows, n = x.shape
     segments = n // seg
-    for r in prange(rows):  # iteration r owns row r of y and entry r of mean, var, rstd
-        xr = x[r]
-        if batch_stats:
-            mean[r], var[r] = row_moments(xr, True)
-        mu = mean[r]
-        s = 1.0 / np.sqrt(var[r] + eps)
-        rstd[r] = s
-        yr = y[r]
-        first = (r % groups) * segments
-        for k in range(segments):
-            g, b = gamma[first + k], beta[first + k]
-            for j in range(k * seg, (k + 1) * seg):
-                yr[j] = (xr[j] - mu) * s * g + b
+    chunks = min(rows, MAX_CHUNKS)
+    per_chunk = (rows + chunks - 1) // chunks
+    for c in prange(chunks):  # chunk c owns its rows of y and their entries of mean, var, rstd
+        lanes, wide = np.empty((2, LANES), x.dtype), np.empty((2, LANES))
+        for r in range(c * per_chunk, min(rows, (c + 1) * per_chunk)):
+            xr, yr = x[r], y[r]
+            if batch_stats:
+                mean[r], var[r] = moments(xr, lanes, wide)
+            rstd[r] = 1.0 / np.sqrt(var[r] + eps)
+            m, s = x.dtype.type(mean[r]), x.dtype.type(rstd[r])
+            first = (r % groups) * segments
+            for k in range(segments):
+                g, b = gamma[first + k], beta[first + k]
+                xs, ys = xr[k * seg:(k + 1) * seg], yr[k * seg:(k + 1) * seg]
+                for j in range(seg):  # from 0: LLVM sees j >= 0, drops the negative-index check, and vectorizes
+                    ys[j] = ((xs[j] - m) * s) * g + b
 
 
 @njit(parallel=True, fastmath=False, cache=True)
 def segments_backward(x, dy, gamma, groups, seg, mean, rstd, batch_stats, dx, dgamma_part, dbeta_part):
     """Gradients of :func:`segments_forward`; ``dgamma_part``/``dbeta_part`` are ``(chunks, C)`` float64 (zeroed).
 
-    Per segment one lane-split pass gives ``a = Σ dy·(x - mean)`` and ``b = Σ dy``: then the channel's partials are
-    ``a·rstd`` and ``b``, and the row's ``Σ g·x̂ = rstd·Σ_k gamma_k a_k``, ``Σ g = Σ_k gamma_k b_k``.
+    Per segment one lane-blocked pass gives ``a = Σ dy·(x - m)`` and ``b = Σ dy``: then the channel's partials are
+    ``a·rstd`` and ``b``, and the row's ``Σ g·x̂ = rstd·Σ_k γ_k a_k``, ``Σ g = Σ_k γ_k b_k``.
     """
     rows, n = x.shape
     segments = n // seg
     chunks = dgamma_part.shape[0]
     per_chunk = (rows + chunks - 1) // chunks
     for c in prange(chunks):  # chunk c owns rows [c·per_chunk, (c+1)·per_chunk) of dx and row c of the partials
-        dgamma_c = dgamma_part[c]
-        dbeta_c = dbeta_part[c]
+        lanes, wide = np.empty((2, LANES), x.dtype), np.empty((2, LANES))
         for r in range(c * per_chunk, min(rows, (c + 1) * per_chunk)):
             xr, dyr, dxr = x[r], dy[r], dx[r]
-            mu, s = mean[r], rstd[r]
+            m, s = x.dtype.type(mean[r]), x.dtype.type(rstd[r])
             first = (r % groups) * segments
             p = q = 0.0
             for k in range(segments):
                 lo, hi = k * seg, (k + 1) * seg
-                a, b = dot_sum_lanes(dyr[lo:hi], xr[lo:hi], mu)
-                dgamma_c[first + k] += a * s
-                dbeta_c[first + k] += b
+                a, b = dot_sum(dyr[lo:hi], xr[lo:hi], m, lanes, wide)
+                dgamma_part[c, first + k] += a * rstd[r]
+                dbeta_part[c, first + k] += b
                 p += gamma[first + k] * a
                 q += gamma[first + k] * b
-            c1 = p * s / n if batch_stats else 0.0
-            c2 = q / n if batch_stats else 0.0
+            c1 = x.dtype.type(p * rstd[r] / n) if batch_stats else x.dtype.type(0)
+            c2 = x.dtype.type(q / n) if batch_stats else x.dtype.type(0)
             for k in range(segments):
                 g = gamma[first + k]
-                for j in range(k * seg, (k + 1) * seg):
-                    dxr[j] = s * (g * dyr[j] - c2 - (xr[j] - mu) * s * c1)
+                xs, dys, dxs = xr[k * seg:(k + 1) * seg], dyr[k * seg:(k + 1) * seg], dxr[k * seg:(k + 1) * seg]
+                for j in range(seg):
+                    dxs[j] = s * (g * dys[j] - c2 - ((xs[j] - m) * s) * c1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Drivers: allocate, run a kernel, build the cache. The op modules validate and choose the view.
 
 
-def run_rows_forward(x, x2, gamma, beta, *, eps, center, given, stat_shape, layout=()):
+def run_rows_forward(x, x2, gamma, beta, *, eps, center, given, stat_shape, layout=(), out=None):
     """Forward of a row-wise op on the view ``x2`` of the validated, contiguous ``x``.
 
     Args:
@@ -217,6 +241,7 @@ def run_rows_forward(x, x2, gamma, beta, *, eps, center, given, stat_shape, layo
             (broadcastable to ``stat_shape``; ``mean`` may be ``None`` without centering).
         stat_shape: the reference cache's keepdims shape of ``mean``/``var``, with ``rows`` elements.
         layout: ``(groups, seg)`` for the per-channel affine (GroupNorm, InstanceNorm), ``()`` for elementwise.
+        out: ``None`` (allocate ``y``) or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
 
     Returns:
         ``(y, cache)``: ``y`` of ``x``'s shape and dtype, a :class:`NumbaNormCache`.
@@ -229,7 +254,7 @@ def run_rows_forward(x, x2, gamma, beta, *, eps, center, given, stat_shape, layo
     else:
         mean, var = given_stats_flat(given[0], given[1], stat_shape)
     rstd = np.empty(rows)
-    y = np.empty_like(x)
+    y = output_like(x, out)
     y2 = y.reshape(x2.shape)
     with threads_for(x.nbytes):
         if layout:
@@ -248,11 +273,15 @@ def run_rows_forward(x, x2, gamma, beta, *, eps, center, given, stat_shape, layo
     return y, cache
 
 
-def run_rows_backward(dy, cache: NumbaNormCache):
-    """``(dx, dgamma, dbeta)`` for a cache from :func:`run_rows_forward` (two-stage parameter reduction)."""
+def run_rows_backward(dy, cache: NumbaNormCache, out=None):
+    """``(dx, dgamma, dbeta)`` for a cache from :func:`run_rows_forward` (two-stage parameter reduction).
+
+    ``out``: ``None`` (allocate ``dx``) or a C-contiguous array of ``x``'s shape and dtype to write ``dx`` into.
+    """
     x2 = cache.x
     dy2 = kernel_dy(dy, cache.x_shape, x2.dtype).reshape(x2.shape)
-    dx = np.empty_like(x2)
+    dx_out = output_like(x2, out, cache.x_shape, inputs=(dy2,))
+    dx = dx_out.reshape(x2.shape)
     chunks = chunk_count(x2.shape[0])
     dgamma_part = np.zeros((chunks, cache.gamma.size))  # stage 1: chunk c owns row c
     dbeta_part = np.zeros((chunks, cache.gamma.size))
@@ -265,4 +294,4 @@ def run_rows_backward(dy, cache: NumbaNormCache):
                           dgamma_part, dbeta_part)
     # stage 2: a fixed-order sum over the chunks
     dgamma, dbeta = parameter_gradients(cache, dgamma_part.sum(axis=0), dbeta_part.sum(axis=0))
-    return dx.reshape(cache.x_shape), dgamma, dbeta
+    return dx_out, dgamma, dbeta

@@ -13,8 +13,11 @@ from ._colwise import run_channels_backward, run_channels_forward
 from ._common import as_kernel_array, real_affine
 
 
-def batch_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
-    """Like :func:`normref.ops.batch_norm.batch_norm_forward`; the cache is a ``NumbaNormCache``."""
+def batch_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None, out=None):
+    """Like :func:`normref.ops.batch_norm.batch_norm_forward`; the cache is a ``NumbaNormCache``.
+
+    ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
+    """
     x = as_kernel_array(x, "x")
     check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
     check_nonempty(x, "x")
@@ -30,12 +33,15 @@ def batch_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
     else:
         mean, var = check_stats(stats, (channels,), x)
         given = (mean.reshape(stat_shape), var.reshape(stat_shape))
-    return run_channels_forward(x, gamma, beta, eps=eps, given=given, stat_shape=stat_shape)
+    return run_channels_forward(x, gamma, beta, eps=eps, given=given, stat_shape=stat_shape, out=out)
 
 
-def batch_norm_backward(dy, cache):
-    """``(dx, dgamma, dbeta)``, like :func:`normref.ops.batch_norm.batch_norm_backward`."""
-    return run_channels_backward(dy, cache)
+def batch_norm_backward(dy, cache, *, out=None):
+    """``(dx, dgamma, dbeta)``, like :func:`normref.ops.batch_norm.batch_norm_backward`.
+
+    ``out``: ``None`` (allocate ``dx``), or a C-contiguous array of ``x``'s shape and dtype to write ``dx`` into.
+    """
+    return run_channels_backward(dy, cache, out=out)
 
 
 register("batch_norm", "numba", batch_norm_forward, batch_norm_backward)

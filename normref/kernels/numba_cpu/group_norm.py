@@ -18,8 +18,11 @@ from ._common import as_kernel_array, real_affine
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
-def group_norm_forward(x, gamma=None, beta=None, *, num_groups, eps=1e-5, stats=None):
-    """Like :func:`normref.ops.group_norm.group_norm_forward`; the cache is a ``NumbaNormCache``."""
+def group_norm_forward(x, gamma=None, beta=None, *, num_groups, eps=1e-5, stats=None, out=None):
+    """Like :func:`normref.ops.group_norm.group_norm_forward`; the cache is a ``NumbaNormCache``.
+
+    ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
+    """
     x = as_kernel_array(x, "x")
     check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
     check_nonempty(x, "x")
@@ -36,12 +39,15 @@ def group_norm_forward(x, gamma=None, beta=None, *, num_groups, eps=1e-5, stats=
         given = (mean.reshape(stat_shape), var.reshape(stat_shape))
     x2 = x.reshape(batch * num_groups, (channels // num_groups) * seg)
     return run_rows_forward(x, x2, gamma, beta, eps=eps, center=True, given=given, stat_shape=stat_shape,
-                            layout=(num_groups, seg))
+                            layout=(num_groups, seg), out=out)
 
 
-def group_norm_backward(dy, cache):
-    """``(dx, dgamma, dbeta)``, like :func:`normref.ops.group_norm.group_norm_backward`."""
-    return run_rows_backward(dy, cache)
+def group_norm_backward(dy, cache, *, out=None):
+    """``(dx, dgamma, dbeta)``, like :func:`normref.ops.group_norm.group_norm_backward`.
+
+    ``out``: ``None`` (allocate ``dx``), or a C-contiguous array of ``x``'s shape and dtype to write ``dx`` into.
+    """
+    return run_rows_backward(dy, cache, out=out)
 
 
 register("group_norm", "numba", group_norm_forward, group_norm_backward)

@@ -16,8 +16,11 @@ from ._common import as_kernel_array, real_affine
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
-def instance_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
-    """Like :func:`normref.ops.instance_norm.instance_norm_forward`; the cache is a ``NumbaNormCache``."""
+def instance_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None, out=None):
+    """Like :func:`normref.ops.instance_norm.instance_norm_forward`; the cache is a ``NumbaNormCache``.
+
+    ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
+    """
     x = as_kernel_array(x, "x")
     check_ndim(x, "x", (3, 4, 5), "(N, C, *spatial) with 1 to 3 spatial axes")
     check_nonempty(x, "x")
@@ -37,12 +40,15 @@ def instance_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
         given = (mean.reshape(lead + ones), var.reshape(lead + ones))
     seg = math.prod(x.shape[2:])
     return run_rows_forward(x, x.reshape(batch * channels, seg), gamma, beta, eps=eps, center=True, given=given,
-                            stat_shape=(batch, channels) + ones, layout=(channels, seg))
+                            stat_shape=(batch, channels) + ones, layout=(channels, seg), out=out)
 
 
-def instance_norm_backward(dy, cache):
-    """``(dx, dgamma, dbeta)``, like :func:`normref.ops.instance_norm.instance_norm_backward`."""
-    return run_rows_backward(dy, cache)
+def instance_norm_backward(dy, cache, *, out=None):
+    """``(dx, dgamma, dbeta)``, like :func:`normref.ops.instance_norm.instance_norm_backward`.
+
+    ``out``: ``None`` (allocate ``dx``), or a C-contiguous array of ``x``'s shape and dtype to write ``dx`` into.
+    """
+    return run_rows_backward(dy, cache, out=out)
 
 
 register("instance_norm", "numba", instance_norm_forward, instance_norm_backward)

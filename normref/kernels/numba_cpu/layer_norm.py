@@ -16,8 +16,11 @@ from ._common import as_kernel_array, real_affine
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
-def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, stats=None):
-    """Like :func:`normref.ops.layer_norm.layer_norm_forward`; the cache is a ``NumbaNormCache``."""
+def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, stats=None, out=None):
+    """Like :func:`normref.ops.layer_norm.layer_norm_forward`; the cache is a ``NumbaNormCache``.
+
+    ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
+    """
     x = as_kernel_array(x, "x")
     normalized_shape = check_trailing_shape(x, normalized_shape)
     check_nonempty(x, "x")
@@ -30,12 +33,16 @@ def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, 
         mean, var = check_stats(stats, lead, x)
         given = (mean.reshape(stat_shape), var.reshape(stat_shape))
     x2 = x.reshape(math.prod(lead), math.prod(normalized_shape))
-    return run_rows_forward(x, x2, gamma, beta, eps=eps, center=True, given=given, stat_shape=stat_shape)
+    return run_rows_forward(x, x2, gamma, beta, eps=eps, center=True, given=given, stat_shape=stat_shape,
+                            out=out)
 
 
-def layer_norm_backward(dy, cache):
-    """``(dx, dgamma, dbeta)``, like :func:`normref.ops.layer_norm.layer_norm_backward`."""
-    return run_rows_backward(dy, cache)
+def layer_norm_backward(dy, cache, *, out=None):
+    """``(dx, dgamma, dbeta)``, like :func:`normref.ops.layer_norm.layer_norm_backward`.
+
+    ``out``: ``None`` (allocate ``dx``), or a C-contiguous array of ``x``'s shape and dtype to write ``dx`` into.
+    """
+    return run_rows_backward(dy, cache, out=out)
 
 
 register("layer_norm", "numba", layer_norm_forward, layer_norm_backward)

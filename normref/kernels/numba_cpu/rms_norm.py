@@ -18,8 +18,11 @@ from ._common import as_kernel_array, real_affine
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
-def rms_norm_forward(x, gamma=None, *, normalized_shape, eps=None, stats=None):
-    """Like :func:`normref.ops.rms_norm.rms_norm_forward`; the cache is a ``NumbaNormCache``."""
+def rms_norm_forward(x, gamma=None, *, normalized_shape, eps=None, stats=None, out=None):
+    """Like :func:`normref.ops.rms_norm.rms_norm_forward`; the cache is a ``NumbaNormCache``.
+
+    ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
+    """
     x = as_kernel_array(x, "x")
     normalized_shape = check_trailing_shape(x, normalized_shape)
     check_nonempty(x, "x")
@@ -32,12 +35,16 @@ def rms_norm_forward(x, gamma=None, *, normalized_shape, eps=None, stats=None):
         _, mean_sq = check_stats(stats, lead, x, need_mean=False)
         given = (None, mean_sq.reshape(stat_shape))
     x2 = x.reshape(math.prod(lead), math.prod(normalized_shape))
-    return run_rows_forward(x, x2, gamma, None, eps=eps, center=False, given=given, stat_shape=stat_shape)
+    return run_rows_forward(x, x2, gamma, None, eps=eps, center=False, given=given, stat_shape=stat_shape,
+                            out=out)
 
 
-def rms_norm_backward(dy, cache):
-    """``(dx, dgamma)``, like :func:`normref.ops.rms_norm.rms_norm_backward`."""
-    dx, dgamma, _ = run_rows_backward(dy, cache)
+def rms_norm_backward(dy, cache, *, out=None):
+    """``(dx, dgamma)``, like :func:`normref.ops.rms_norm.rms_norm_backward`.
+
+    ``out``: ``None`` (allocate ``dx``), or a C-contiguous array of ``x``'s shape and dtype to write ``dx`` into.
+    """
+    dx, dgamma, _ = run_rows_backward(dy, cache, out=out)
     return dx, dgamma
 
 
