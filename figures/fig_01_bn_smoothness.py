@@ -29,7 +29,6 @@ Resumable: each run writes a checkpoint (model, optimizer, measurements so far) 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +45,7 @@ from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: 
 from normref.landscape import DEFAULT_ETAS, Objective, gradient_step_smoothness  # noqa: E402
 from normref.nn import CrossEntropyLoss  # noqa: E402
 from normref.train import evaluate, load_checkpoint, save_checkpoint  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 try:  # the model zoo; build_cnn is the same network under its older name
     from normref.models import build_vgg as build_net
@@ -61,15 +61,6 @@ FULL = dict(widths=(8, 16), epochs=8, batch_size=32, lr=0.05, momentum=0.9, ever
 MATCHED_LOSS = (0.05, 0.5)  # measured steps whose mini-batch loss lies in this band, for the matched-progress summary
 QUICK = dict(widths=(4, 8), epochs=1, batch_size=32, lr=0.05, momentum=0.9, every=6, n_train=192, seed=0)
 
-
-def one_blas_thread():
-    """Limit BLAS to one thread for the duration (on a shared 2-core machine, BLAS threads fighting over the cores
-    make the small matrix products here 10-100x slower)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def config_key(cfg: dict) -> str:

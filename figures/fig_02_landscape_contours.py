@@ -31,7 +31,6 @@ Resumable: the networks checkpoint every epoch and every plane/line is a resumab
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -47,6 +46,7 @@ from normref.landscape import Objective, random_directions, surface  # noqa: E40
 from normref.models import build_resnet  # noqa: E402
 from normref.nn import CrossEntropyLoss  # noqa: E402
 from normref.train import train  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 NAME = "fig_02_landscape_contours"
 NORMS = ("none", "batch", "group", "layer")
@@ -58,14 +58,6 @@ FULL = dict(widths=(8, 16), blocks=2, epochs=8, lr=3e-3, n_train=None, n_eval=25
 QUICK = dict(widths=(4, 8), blocks=1, epochs=1, lr=3e-3, n_train=96, n_eval=32, n_recompute=64, grid=5, line=3,
              workers=1, dpi=80)
 
-
-def one_blas_thread():
-    """One BLAS thread (threads fighting over two shared cores slow the small products of this figure ~10x)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (the "data" extra)
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def trained_net(norm, skip, cfg, train_set, cache: Path):

@@ -38,7 +38,6 @@ resumable point stores there.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -55,6 +54,7 @@ from normref.landscape import Objective, slq, top_eigenpairs  # noqa: E402
 from normref.models import build_mlp  # noqa: E402
 from normref.nn import CrossEntropyLoss  # noqa: E402
 from normref.train import train  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 NAME = "fig_03_hessian_spectrum"
 CONFIGS = ("none", "bn-batch", "bn-running")
@@ -67,14 +67,6 @@ FULL = dict(classes=(2, 4, 6, 8, 10), hidden=(64, 64), epochs=2, lr=0.05, n_per_
 QUICK = dict(classes=(2, 4), hidden=(16, 16), epochs=1, lr=0.05, n_per_class=40, extra=4, tol=1e-3, slq_m=20,
              slq_runs=1, seed=0, dpi=80)
 
-
-def one_blas_thread():
-    """One BLAS thread (threads fighting over two shared cores slow the small products of this figure ~10x)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (the "data" extra)
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def class_subset(train: Dataset, num_classes: int, n_per_class) -> Dataset:

@@ -27,7 +27,6 @@ progress on stderr, and an interrupted run resumes with the finished runs reload
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -43,6 +42,7 @@ from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: 
 from normref.landscape import run_points  # noqa: E402
 from normref.nn import Conv2d, CrossEntropyLoss, WSConv2d  # noqa: E402
 from normref.train import evaluate, train  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 try:  # the model zoo; build_cnn is the same network under its older name
     from normref.models import build_vgg as build_net
@@ -58,15 +58,6 @@ BASE_LR, BASE_BATCH = 0.1, 64
 FULL = dict(widths=(8, 16), epochs=4, batch_sizes=(2, 4, 8, 16, 32, 64), seeds=(0, 1), momentum=0.9, n_train=None)
 QUICK = dict(widths=(4, 8), epochs=1, batch_sizes=(4, 32), seeds=(0,), momentum=0.9, n_train=128)
 
-
-def one_blas_thread():
-    """One BLAS thread for the duration: these matrices are tiny, and BLAS threads competing for two shared cores
-    make them 10-100x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def config_key(meta: dict) -> str:

@@ -37,7 +37,6 @@ Resumable: each network checkpoints every epoch (``normref.train.train``) under
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -53,6 +52,7 @@ from normref.landscape import Objective, interpolate  # noqa: E402
 from normref.models import build_vgg  # noqa: E402
 from normref.nn import CrossEntropyLoss  # noqa: E402
 from normref.train import CHECKPOINT_NAME, load_checkpoint, train  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 NAME = "fig_05_mode_connectivity"
 MODES = ("keep", "reset", "interpolate")
@@ -63,14 +63,6 @@ MODE_COLORS = {"keep": "tab:red", "reset": "tab:blue", "interpolate": "tab:green
 FULL = dict(widths=(8, 16), epochs=10, spawn=(0, 1, 2, 4), lr=0.05, n_train=None, n_test=None, alphas=21, dpi=150)
 QUICK = dict(widths=(4, 8), epochs=1, spawn=(0,), lr=0.05, n_train=192, n_test=96, alphas=5, dpi=80)
 
-
-def one_blas_thread():
-    """One BLAS thread (threads fighting over two shared cores slow the small products of this figure ~10x)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (the "data" extra)
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def splits(cfg):

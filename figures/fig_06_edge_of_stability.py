@@ -25,7 +25,6 @@ measurement and resumes from it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
@@ -39,6 +38,7 @@ from normref.data import load_digits, train_val_test_split  # noqa: E402
 from normref.landscape import Objective, gd_sharpness, top_eigenpairs  # noqa: E402
 from normref.models import build_mlp  # noqa: E402
 from normref.nn import MSELoss  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 NAME = "fig_06_edge_of_stability"
 NORMS = ("none", "batch")
@@ -48,14 +48,6 @@ COLORS = ("tab:blue", "tab:orange", "tab:green")
 FULL = dict(n=500, hidden=(32, 32), lrs=(0.5, 1.0, 2.0), steps=3000, every=50, tol=1e-4, seed=0, dpi=150)
 QUICK = dict(n=128, hidden=(16,), lrs=(0.5, 1.0, 2.0), steps=80, every=20, tol=1e-3, seed=0, dpi=80)
 
-
-def one_blas_thread():
-    """One BLAS thread (threads fighting over two shared cores slow the small products of this figure ~10x)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (the "data" extra)
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def data(cfg):

@@ -33,6 +33,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from normref.data import load_digits, train_val_test_split  # noqa: E402
 from normref.optim import SGD, SGDP, Adam, AdamP  # noqa: E402
 from normref.train import load_checkpoint, save_checkpoint, scale_invariant_weights, train  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 try:  # the model zoo; fall back to the training module's builder where it does not exist yet
     from normref.models import build_mlp  # noqa: E402
@@ -166,13 +167,7 @@ def _main(out_dir, quick) -> dict:
 
 def main(out_dir, quick=False) -> dict:
     """Write ``{NAME}.png`` into ``out_dir`` and return the measured numbers (see the module docstring)."""
-    # BLAS on one thread: these matrices are tiny, and a multi-threaded OpenBLAS on a shared 2-core machine makes
-    # each small product tens of times slower (measured: 15 ms instead of 0.2 ms for a 32x1024 @ 1024x16 product)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (the "data" extra)
-        return _main(out_dir, quick)
-    with threadpool_limits(limits=1):
+    with one_blas_thread():  # see normref.threads: small BLAS products run faster on one thread
         return _main(out_dir, quick)
 
 

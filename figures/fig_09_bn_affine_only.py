@@ -29,7 +29,6 @@ Each run is one point of :func:`normref.landscape.run_points` (progress, resume)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +44,7 @@ from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: 
 from normref.landscape import run_points  # noqa: E402
 from normref.nn import BatchNorm, Linear  # noqa: E402
 from normref.train import evaluate, train  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 try:  # the model zoo; build_cnn is the same network under its older name
     from normref.models import build_vgg as build_net
@@ -62,14 +62,6 @@ SMALL_GAMMA = 0.1  # |gamma| below this (init 1) counts as a disabled feature
 FULL = dict(widths=((8, 16), (16, 32), (32, 64)), epochs=8, batch_size=32, momentum=0.9, seeds=(0, 1), n_train=None)
 QUICK = dict(widths=((4, 8), (8, 16)), epochs=1, batch_size=32, momentum=0.9, seeds=(0,), n_train=160)
 
-
-def one_blas_thread():
-    """One BLAS thread for the duration (tiny matrices; BLAS threads competing for two shared cores slow them)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def is_affine(name: str, value=None) -> bool:

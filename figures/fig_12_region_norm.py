@@ -36,6 +36,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from normref.data import load_digits  # noqa: E402
 from normref.nn import BatchNorm, Conv2d, RegionNormB  # noqa: E402
 from normref.ops.region_norm import region_stats  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
 NAME = "fig_12_region_norm"
 
@@ -188,13 +189,7 @@ def _main(out_dir, quick) -> dict:
 
 def main(out_dir, quick=False) -> dict:
     """Write ``{NAME}.png`` into ``out_dir`` and return the measured numbers (see the module docstring)."""
-    # BLAS on one thread: these matrices are tiny, and a multi-threaded OpenBLAS on a shared 2-core machine makes
-    # each small product tens of times slower (measured: 15 ms instead of 0.2 ms for a 32x1024 @ 1024x16 product)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (the "data" extra)
-        return _main(out_dir, quick)
-    with threadpool_limits(limits=1):
+    with one_blas_thread():  # see normref.threads: small BLAS products run faster on one thread
         return _main(out_dir, quick)
 
 
