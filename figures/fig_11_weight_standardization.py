@@ -15,10 +15,10 @@ i.e. WS projects two components out of the gradient the convolution sees, and re
 Setup. The scikit-learn digits (8x8, stratified 80/20 split, seed 0). A small conv net,
 ``normref.models.build_vgg(1, 10, 8, widths=(8, 16), convs_per_stage=1, norm="group")``:
 Conv3x3(1->8) - GroupNorm(2 groups) - ReLU - MaxPool - Conv3x3(8->16) - GroupNorm(4 groups) - ReLU - MaxPool - Linear.
-"GN+WS" is the same network, with the same raw initial weights, whose convolutions standardize their weight first
-(:class:`WSConv2d` below: ``normref.ops.weight_standardization`` composed with ``normref.ops.conv``, eps = 1e-5
-inside the square root; ``normref/nn/ws_conv.py`` did not exist when this figure was written, so the composition is
-built here). Both train with the same SGD (lr 0.05, momentum 0.9, batch 32, batch order seed 0).
+"GN+WS" is the same network, with the same raw initial weights, whose convolutions standardize their weight first:
+each ``Conv2d`` is replaced by ``normref.nn.WSConv2d.from_conv(conv)`` with the library defaults (biased variance
+over the fan-in, eps = 1e-5 inside the square root, no gain; the convolutions are bias-free because a normalizer
+follows). Both train with the same SGD (lr 0.05, momentum 0.9, batch 32, batch order seed 0).
 
 Every ``every`` steps, on that step's mini-batch:
 
@@ -27,7 +27,10 @@ Every ``every`` steps, on that step's mini-batch:
   \|\eta g\|` and the gradient-predictiveness range (``normref.landscape.gradient_step_smoothness``, eta on
   [0.05, 0.4], same batch; GroupNorm has no running statistics, so the objective's BN policy is moot);
 * for GN+WS, per conv layer, the two fractions of :math:`\|\nabla_{\hat W} L\|^2` that WS removes, and the
-  identity above checked numerically.
+  identity above checked numerically. :math:`\nabla_{\hat W} L` is recomputed from the gradient reaching the layer's
+  output (the convolution op's backward against the kernel it was given), :math:`\hat W` and :math:`1/\sigma` come
+  from the layer's WS cache, and :math:`\nabla_W L` is what the layer accumulated, so the check covers the library
+  layer's composition.
 
 Each run's measurements are cached as ``out_dir/cache/fig_11/<run>.json``; a finished run is not recomputed.
 """
@@ -46,76 +49,37 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: E402
 from normref.landscape import Objective, gradient_step_smoothness  # noqa: E402
-from normref.nn import Conv2d, CrossEntropyLoss, Module, Sequential  # noqa: E402
+from normref import functional as F  # noqa: E402
+from normref.nn import Conv2d, CrossEntropyLoss, Sequential, WSConv2d  # noqa: E402
 from normref.nn.flat import flatten_grads  # noqa: E402
-from normref.ops.conv import conv2d_backward, conv2d_forward  # noqa: E402
-from normref.ops.weight_standardization import (weight_standardization_backward,  # noqa: E402
-                                                weight_standardization_forward)
 from normref.optim import SGD  # noqa: E402
 from normref.train import evaluate  # noqa: E402
+from normref.threads import one_blas_thread  # noqa: E402
 
-try:
-    from normref.models import build_vgg  # noqa: E402
-except ImportError:  # pragma: no cover - before the model zoo existed
-    build_vgg = None
+from normref.models import build_vgg  # noqa: E402
 
 NAME = "fig_11_weight_standardization"
 
 
-class WSConv2d(Module):
-    """A bias-free convolution whose weight is standardized per output filter before use (Qiao et al.).
-
-    ``forward``: ``W_hat = WS(W)`` (``weight_standardization_forward``, eps inside the square root), then
-    ``conv2d_forward(x, W_hat)``. ``backward``: ``conv2d_backward`` gives ``dW_hat``, ``weight_standardization_backward``
-    maps it to ``dW``. The last ``(W_hat, dW_hat, 1/sqrt(var + eps))`` is kept in ``last`` for the projection
-    measurement.
-    """
-
-    def __init__(self, conv: Conv2d, eps: float = 1e-5):
-        super().__init__()
-        if "bias" in conv.params:
-            raise ValueError("WSConv2d is meant to precede a normalizer: build it from a bias-free Conv2d")
-        self.add_param("weight", conv.params["weight"].copy())
-        self.stride, self.padding, self.eps = conv.stride, conv.padding, float(eps)
-        self.cache = None
-        self.last = None
-
-    def forward(self, x):
-        w_hat, ws_cache = weight_standardization_forward(self.params["weight"], eps=self.eps)
-        y, conv_cache = conv2d_forward(x, w_hat, None, stride=self.stride, padding=self.padding)
-        self.cache = (ws_cache, conv_cache, w_hat)
-        return y
-
-    def backward(self, dy):
-        if self.cache is None:
-            raise RuntimeError("WSConv2d.backward called before forward")
-        ws_cache, conv_cache, w_hat = self.cache
-        dx, dw_hat, _ = conv2d_backward(dy, conv_cache)
-        dw, _ = weight_standardization_backward(dw_hat, ws_cache)
-        self.last = (w_hat, dw_hat, ws_cache.rden)
-        self.accumulate_grad("weight", dw)
-        return dx
-
-    def extra_repr(self) -> str:
-        return f"WS eps={self.eps}, weight {tuple(self.params['weight'].shape)}"
-
-
 def build_net(with_ws: bool, seed: int = 0) -> Sequential:
-    if build_vgg is not None:
-        net = build_vgg(1, 10, 8, widths=(8, 16), convs_per_stage=1, norm="group", seed=seed)
-    else:  # pragma: no cover
-        from normref.train import build_cnn
-        net = build_cnn(1, 10, 8, widths=(8, 16), norm="group", seed=seed)
+    net = build_vgg(1, 10, 8, widths=(8, 16), convs_per_stage=1, norm="group", seed=seed)
     if with_ws:
-        layers = [WSConv2d(m) if isinstance(m, Conv2d) else m for m in net]
+        layers = [WSConv2d.from_conv(m) if isinstance(m, Conv2d) else m for m in net]
         net = Sequential(*layers)
     return net
 
 
-def ws_projection(layer: WSConv2d) -> dict:
-    """Fractions of ||dW_hat||^2 removed by WS (mean and radial components) and the identity's residual."""
-    w_hat, g, rden = layer.last
-    rows, grows = w_hat.reshape(len(w_hat), -1), g.reshape(len(g), -1)
+def ws_projection(layer: WSConv2d, dy) -> dict:
+    """Fractions of ||dW_hat||^2 removed by WS (mean and radial components) and the identity's residual.
+
+    Call after ``layer.backward(dy)``: ``dy`` is the gradient that reached the layer's output.
+    """
+    if "gain" in layer.ws.params or layer.ws.eps_mode != "inside" or layer.ws.unbiased:
+        raise ValueError("the identity below is written for plain WS: no gain, biased variance, eps inside")
+    _, g, _ = F.backward(layer.op, dy, layer.cache)  # dW_hat: the conv's gradient w.r.t. the kernel it was given
+    ws = layer.ws.cache
+    rows, rden = ws.uhat, ws.rden  # (O, I) standardized rows, (O, 1) 1/sigma
+    grows = g.reshape(len(rows), -1)
     fan_in = rows.shape[1]
     total = float(np.sum(grows ** 2))
     mean_part = float(np.sum(grows.sum(axis=1) ** 2) / fan_in)
@@ -123,7 +87,7 @@ def ws_projection(layer: WSConv2d) -> dict:
     # sigma^2||dW||^2 = ||g||^2 - <1,g>^2/I - (2 - ||W_hat||^2/I) <W_hat,g>^2/I, row by row (sigma^2 = var + eps)
     shrink = 2.0 - (rows * rows).sum(axis=1) / fan_in
     radial_part = float(np.sum(shrink * (rows * grows).sum(axis=1) ** 2) / fan_in)
-    dw = layer.grads["weight"].reshape(len(w_hat), -1)  # the model's grads hold exactly this step's dW
+    dw = layer.grads["weight"].reshape(len(rows), -1)  # the model's grads hold exactly this step's dW
     kept = float(np.sum((dw / rden) ** 2))  # sigma^2 ||dW||^2, row by row
     return {"mean": mean_part / total, "radial": radial_part / total, "kept": kept / total,
             "identity_residual": abs(kept - (total - mean_part - radial_part)) / total}
@@ -148,14 +112,19 @@ def run(with_ws: bool, seed: int, quick: bool, cache: Path) -> dict:
                            "grad_change_max", "loss_min", "loss_max")}
     rec["ws"] = {}
     rec["test_acc"], rec["train_loss_epoch"] = [], []
-    conv_names = [f"{i}.weight" for i, m in enumerate(net) if isinstance(m, (Conv2d, WSConv2d))]
+    conv_names = [f"{i}.weight" for i, m in enumerate(net) if isinstance(m, Conv2d)]  # WSConv2d is a Conv2d
     step, t0 = 0, time.perf_counter()
     for epoch in range(epochs):
         losses = []
         for xb, yb in loader:
             net.zero_grad()
             loss = float(loss_fn(net.forward(xb), yb))
-            net.backward(loss_fn.backward())
+            # net.backward, keeping the gradient that reaches each WS conv's output (for ws_projection)
+            dy, conv_dy = loss_fn.backward(), {}
+            for i, m in reversed(list(enumerate(net))):
+                if isinstance(m, WSConv2d):
+                    conv_dy[i] = dy
+                dy = m.backward(dy)
             losses.append(loss)
             if step % every == 0:
                 grads = dict(net.named_grads())
@@ -166,7 +135,7 @@ def run(with_ws: bool, seed: int, quick: bool, cache: Path) -> dict:
                 if with_ws:
                     for i, m in enumerate(net):
                         if isinstance(m, WSConv2d):
-                            for key, value in ws_projection(m).items():
+                            for key, value in ws_projection(m, conv_dy[i]).items():
                                 rec["ws"].setdefault(f"{i}.{key}", []).append(value)
                 sm = gradient_step_smoothness(Objective(copy.deepcopy(net), CrossEntropyLoss(), xb, yb, bn="batch"))
                 rec["beta_eff"].append(sm.beta_eff)
@@ -292,13 +261,7 @@ def _main(out_dir, quick) -> dict:
 
 def main(out_dir, quick=False) -> dict:
     """Write ``{NAME}.png`` into ``out_dir`` and return the measured numbers (see the module docstring)."""
-    # BLAS on one thread: these matrices are tiny, and a multi-threaded OpenBLAS on a shared 2-core machine makes
-    # each small product tens of times slower (measured: 15 ms instead of 0.2 ms for a 32x1024 @ 1024x16 product)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (the "data" extra)
-        return _main(out_dir, quick)
-    with threadpool_limits(limits=1):
+    with one_blas_thread():  # see normref.threads: small BLAS products run faster on one thread
         return _main(out_dir, quick)
 
 
