@@ -1,8 +1,9 @@
-"""Seed layers on the "numba" backend against the NumPy reference: Batch-Channel Normalization.
+"""Seed layers on the "numba" backend against the NumPy reference: BCN, EvoNorm-B0/S0, (scaled) WS, PowerNorm.
 
-BCN on "numba" is the BatchNorm and GroupNorm kernels composed (normref/kernels/numba_cpu/batch_channel_norm.py).
+BCN on "numba" is the BatchNorm and GroupNorm kernels composed (normref/kernels/numba_cpu/batch_channel_norm.py); the
+others have their own kernels (evonorm.py, weight_standardization.py, power_norm.py there).
 Agreement is the norm-relative error max|a-b|/max|b| of y and every gradient: <= 1e-12 in float64, <= 1e-5 in float32
-(the same tolerances, and reasons, as tests/test_backend_numba.py). The gradient checker runs on the BCN specs.
+(the same tolerances, and reasons, as tests/test_backend_numba.py). The gradient checker runs on the seed specs.
 """
 
 import numpy as np
@@ -66,5 +67,275 @@ def test_specs_exist():
 
 @pytest.mark.parametrize("spec,mode,affine", CASES, ids=[f"{s.name}-{m}-affine{a}" for s, m, a in CASES])
 def test_gradcheck_on_numba(spec, mode, affine):
+    report = check(spec, mode=mode, affine=affine, backend="numba")
+    assert report.passed, "\n" + report.table()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EvoNorm-B0 / S0, Weight Standardization / Scaled WS, PowerNorm (exact path)
+
+import numba  # noqa: E402
+
+from normref import nn  # noqa: E402
+from normref._registry import available_op_backends  # noqa: E402
+
+
+def assert_close(got, want, dtype, what=""):
+    if want is None:
+        assert got is None, what
+        return
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    err = norm_rel_error(got, want)
+    assert err <= TOL[dtype], (what, err)
+
+
+def compare(op, x, params, dy, dtype, **hyper):
+    """Forward and backward on both backends; y and every gradient agree. Returns both caches."""
+    y_ref, cache_ref = F.forward(op, x, *params, backend="numpy", **hyper)
+    y, cache = F.forward(op, x, *params, backend="numba", **hyper)
+    assert cache.backend == "numba" and y.dtype == np.dtype(dtype) and y.shape == np.shape(x)
+    assert_close(y, y_ref, dtype, "y")
+    grads_ref, grads = F.backward(op, dy, cache_ref), F.backward(op, dy, cache)
+    assert len(grads) == len(grads_ref)
+    for i, (got, want) in enumerate(zip(grads, grads_ref)):
+        assert_close(got, want, dtype, f"gradient {i}")
+    return cache, cache_ref
+
+
+def evo_input(rng, shape, dtype):
+    """Zero-mean input with channel 0 scaled down, so both branches of B0's max are active (see its spec)."""
+    x = rng.standard_normal(shape)
+    x[:, 0] *= 0.2
+    return x.astype(dtype)
+
+
+EVO_SHAPES = [(4, 3, 5), (2, 6, 3, 4), (3, 4, 700), (1, 4, 3), (5, 2, 3, 2, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", EVO_SHAPES, ids=["x".join(map(str, s)) for s in EVO_SHAPES])
+@pytest.mark.parametrize("op", ["evonorm_b0", "evonorm_s0"])
+def test_evonorm_agrees(op, shape, dtype):
+    rng = np.random.default_rng(0)
+    c = shape[1]
+    x, dy = evo_input(rng, shape, dtype), rng.standard_normal(shape).astype(dtype)
+    gamma, beta, v = (rng.standard_normal(c).astype(dtype) for _ in range(3))
+    groups = 2 if c % 2 == 0 else 1
+    hyper = {"num_groups": groups} if op == "evonorm_s0" else {}
+    batch = op == "evonorm_s0" or x.size // c >= 2
+    if batch:  # training: batch statistics (B0: and the batch variance the running update reads)
+        cache, cache_ref = compare(op, x, [gamma, beta, v], dy, dtype, **hyper)
+        if op == "evonorm_b0":
+            assert_close(cache.batch_var, cache_ref.batch_var, dtype, "batch_var")
+            assert cache.x.size // cache.x.shape[1] == cache_ref.x.size // cache_ref.x.shape[1]
+    stat_shape = (c,) if op == "evonorm_b0" else (shape[0], groups)
+    stats = (None, rng.uniform(0.5, 2.0, stat_shape).astype(dtype))  # eval (B0: running_var) / frozen (S0)
+    compare(op, x, [gamma, beta, v], dy, dtype, stats=stats, **hyper)
+    # affine off, and gamma without beta
+    if batch:
+        compare(op, x, [None, None, v], dy, dtype, **hyper)
+        compare(op, x, [gamma, None, v], dy, dtype, **hyper)
+
+
+def test_evonorm_affine_only_and_validation():
+    """``v=None`` is the affine only (the reference's NumPy, recorded as "numba"); complex input is refused."""
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 4, 3))
+    for op, hyper in (("evonorm_b0", {}), ("evonorm_s0", {"num_groups": 2})):
+        compare(op, x, [rng.standard_normal(4), rng.standard_normal(4), None], dy, np.float64, **hyper)
+        with pytest.raises(TypeError, match="x must have a float32 or float64 dtype"):
+            F.forward(op, x.astype(complex), None, None, np.ones(4), backend="numba", **hyper)
+        with pytest.raises(TypeError, match="v must"):
+            F.forward(op, x, None, None, np.ones(4, complex), backend="numba", **hyper)
+        _, cache = F.forward(op, x, None, None, np.ones(4), backend="numba", **hyper)
+        with pytest.raises(TypeError, match="dy must be real"):
+            F.backward(op, dy.astype(complex), cache)
+    with pytest.raises(ValueError, match="num_groups must divide"):
+        F.forward("evonorm_s0", x, backend="numba", num_groups=3)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.forward("evonorm_b0", np.ones((1, 4, 1)), None, None, np.ones(4), backend="numba")
+
+
+def test_evonorm_b0_layer_running_var_like_numpy():
+    rng = np.random.default_rng(2)
+    ref, fast = nn.EvoNormB0(3), nn.EvoNormB0(3, backend="numba")
+    for name in ("gamma", "beta", "v"):
+        fast.params[name][...] = ref.params[name][...] = rng.standard_normal(3)
+    for _ in range(3):
+        x, dy = evo_input(rng, (4, 3, 5), np.float64), rng.standard_normal((4, 3, 5))
+        assert norm_rel_error(fast.forward(x), ref.forward(x)) <= 1e-12
+        assert norm_rel_error(fast.backward(dy), ref.backward(dy)) <= 1e-12
+    assert fast.buffers["num_batches_tracked"] == ref.buffers["num_batches_tracked"] == 3
+    assert norm_rel_error(fast.buffers["running_var"], ref.buffers["running_var"]) <= 1e-12
+    for name in ("gamma", "beta", "v"):  # accumulated over the three steps
+        assert norm_rel_error(fast.grads[name], ref.grads[name]) <= 1e-12
+    ref.eval(), fast.eval()
+    x = evo_input(rng, (2, 3, 5), np.float64)
+    assert norm_rel_error(fast.forward(x), ref.forward(x)) <= 1e-12
+
+
+WS_CASES = [  # (op, keyword arguments, weight scale): the named variants; scale 1e-4 puts every row on the floor
+    ("weight_standardization", {}, 3.0),
+    ("weight_standardization", {"unbiased": True, "eps_mode": "outside"}, 3.0),
+    ("weight_standardization", {"eps_mode": "floor", "eps": 1e-3}, 0.01),
+    ("scaled_weight_standardization", {"gamma": 1.7139588594436646}, 3.0),
+    ("scaled_weight_standardization", {}, 1e-4),
+    ("scaled_weight_standardization", {"eps_mode": "inside"}, 3.0),
+    ("scaled_weight_standardization", {"eps_mode": "outside", "unbiased": True}, 3.0),
+]
+WS_SHAPES = [(4, 3, 3, 3), (5, 7), (37, 1100), (3, 2, 5)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", WS_SHAPES, ids=["x".join(map(str, s)) for s in WS_SHAPES])
+@pytest.mark.parametrize("op,hyper,scale", WS_CASES, ids=[f"{op[:6]}-{i}" for i, (op, _, _) in enumerate(WS_CASES)])
+def test_weight_standardization_agrees(op, hyper, scale, shape, dtype):
+    rng = np.random.default_rng(3)
+    w = (scale * rng.standard_normal(shape) + scale / 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gain = rng.standard_normal(shape[0]).astype(dtype)
+    for params in ([gain], [None]):
+        compare(op, w, params, dy, dtype, **hyper)
+    stats = (rng.standard_normal(shape[0]).astype(dtype), rng.uniform(0.5, 2, shape[0]).astype(dtype))
+    compare(op, w, [gain], dy, dtype, stats=stats, **hyper)
+
+
+def test_weight_standardization_floor_branch_is_exercised():
+    """The floor case above really is on the floor (k = 0 for every row) on both backends."""
+    w = 1e-4 * np.random.default_rng(4).standard_normal((5, 7))
+    _, cache = F.forward("scaled_weight_standardization", w, backend="numba")
+    _, cache_ref = F.forward("scaled_weight_standardization", w, backend="numpy")
+    assert np.all(cache.k == 0) and np.all(cache_ref.k == 0)
+
+
+def test_weight_standardization_validation():
+    w = np.ones((3, 4))
+    with pytest.raises(TypeError, match="w must have a float32 or float64 dtype"):
+        F.forward("weight_standardization", w.astype(complex), backend="numba")
+    with pytest.raises(TypeError, match="gain"):
+        F.forward("scaled_weight_standardization", w, np.ones(3, complex), backend="numba")
+    with pytest.raises(ValueError, match="eps_mode"):
+        F.forward("weight_standardization", w, backend="numba", eps_mode="under")
+    with pytest.raises(ValueError, match="fan-in of at least 2"):
+        F.forward("weight_standardization", np.ones((3, 1)), backend="numba")
+    with pytest.raises(TypeError, match="gamma must be a finite real number"):
+        F.forward("scaled_weight_standardization", w, backend="numba", gamma=float("nan"))
+    with pytest.raises(TypeError, match="stats must be real"):
+        F.forward("weight_standardization", w, backend="numba", stats=(np.zeros(3, complex), np.ones(3)))
+
+
+PN_CASES = [((4, 4, 5), 2), ((6, 4), 2), ((2, 6, 3, 2), 3), ((3, 8, 700), 4), ((1, 4, 33), 1), ((35, 4, 3), 2)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape,groups", PN_CASES, ids=["x".join(map(str, s)) for s, _ in PN_CASES])
+def test_power_norm_agrees(shape, groups, dtype):
+    rng = np.random.default_rng(5)
+    c = shape[1]
+    x = (2 * rng.standard_normal(shape) + 0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    phi = (None, rng.uniform(0.5, 2, c).astype(dtype))
+    for params, stats in (([gamma, beta], None), ([None, None], None), ([gamma, None], None), ([gamma, beta], phi)):
+        cache, cache_ref = compare("power_norm", x, params, dy, dtype, group_num=groups, stats=stats)
+        assert_close(cache.batch_q, cache_ref.batch_q, dtype, "batch_q")  # feeds the running update
+
+
+def test_power_norm_layer_like_numpy():
+    """Warmup, then the running statistic, then eval: outputs, dx, grads and running_phi agree over the steps."""
+    rng = np.random.default_rng(6)
+    ref = nn.PowerNorm(4, group_num=2, warmup_iters=2, backward="exact")
+    fast = nn.PowerNorm(4, group_num=2, warmup_iters=2, backward="exact", backend="numba")
+    for name in ("gamma", "beta"):
+        fast.params[name][...] = ref.params[name][...] = rng.standard_normal(4)
+    for _ in range(4):
+        x, dy = 2 * rng.standard_normal((3, 4, 6)) + 1, rng.standard_normal((3, 4, 6))
+        assert norm_rel_error(fast.forward(x), ref.forward(x)) <= 1e-12
+        assert norm_rel_error(fast.backward(dy), ref.backward(dy)) <= 1e-12
+    assert fast.buffers["iters"] == ref.buffers["iters"] == 4
+    assert norm_rel_error(fast.buffers["running_phi"], ref.buffers["running_phi"]) <= 1e-12
+    for name in ("gamma", "beta"):
+        assert norm_rel_error(fast.grads[name], ref.grads[name]) <= 1e-12
+    ref.eval(), fast.eval()
+    x, dy = rng.standard_normal((2, 4, 6)), rng.standard_normal((2, 4, 6))
+    assert norm_rel_error(fast.forward(x), ref.forward(x)) <= 1e-12
+    assert norm_rel_error(fast.backward(dy), ref.backward(dy)) <= 1e-12
+
+
+def test_power_norm_unsupported_paths_say_so():
+    """pad_mask and the surrogate backward are numpy-only: both raise NotImplementedError naming numpy."""
+    x = np.random.default_rng(7).standard_normal((2, 4, 3))
+    with pytest.raises(NotImplementedError, match="backend='numpy'"):
+        F.forward("power_norm", x, backend="numba", group_num=2, pad_mask=np.zeros((2, 3), bool))
+    layer = nn.PowerNorm(4, group_num=2, backward="approx", backend="numba")
+    layer.forward(x)
+    with pytest.raises(NotImplementedError, match="numpy"):
+        layer.backward(np.ones_like(x))
+    with pytest.raises(TypeError, match="x must have a float32 or float64 dtype"):
+        F.forward("power_norm", x.astype(complex), backend="numba", group_num=2)
+    with pytest.raises(TypeError, match="gamma"):
+        F.forward("power_norm", x, np.ones(4, complex), backend="numba", group_num=2)
+
+
+NONCONTIG = [("evonorm_b0", (4, 3, 6), {}, 3), ("evonorm_s0", (3, 4, 6), {"num_groups": 2}, 3),
+             ("weight_standardization", (5, 3, 6), {}, 1), ("scaled_weight_standardization", (5, 3, 6), {}, 1),
+             ("power_norm", (3, 4, 6), {"group_num": 2}, 2)]
+
+
+@pytest.mark.parametrize("op,shape,hyper,nparams", NONCONTIG, ids=[c[0] for c in NONCONTIG])
+def test_seed_non_contiguous_inputs(op, shape, hyper, nparams):
+    rng = np.random.default_rng(8)
+    x = evo_input(rng, shape[:-1] + (2 * shape[-1],), np.float64)[..., ::2]  # strided view
+    dy = np.asfortranarray(rng.standard_normal(shape))
+    assert not x.flags.c_contiguous and not dy.flags.c_contiguous
+    params = [rng.standard_normal(2 * shape[1 if op[0] in "ep" else 0])[::2] for _ in range(nparams)]
+    for dtype in (np.float64, np.float32):
+        compare(op, x.astype(dtype), [p.astype(dtype) for p in params], dy.astype(dtype), dtype, **hyper)
+    compare(op, x, params, dy, np.float64, **hyper)
+
+
+# float32, 70·4·300 values = 336 KB: above the 256 KB under which a kernel runs on the calling thread only
+DETERMINISM = [("evonorm_b0", (70, 4, 300), {}, 3), ("evonorm_s0", (70, 4, 300), {"num_groups": 2}, 3),
+               ("scaled_weight_standardization", (70, 4, 300), {}, 1),
+               ("power_norm", (70, 4, 300), {"group_num": 2}, 2)]
+
+
+@pytest.mark.parametrize("op,shape,hyper,nparams", DETERMINISM, ids=[c[0] for c in DETERMINISM])
+def test_seed_deterministic(op, shape, hyper, nparams):
+    """Bitwise equal runs, on two threads and on one; more samples/rows than the 32 chunks; above the size at which
+    the kernels go parallel."""
+    rng = np.random.default_rng(9)
+    x = evo_input(rng, shape, np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    params = [rng.standard_normal(shape[0] if "weight" in op else shape[1]).astype(np.float32) for _ in range(nparams)]
+
+    def run_once():
+        y, cache = F.forward(op, x, *params, backend="numba", **hyper)
+        return [y, *F.backward(op, dy, cache)]
+
+    first, second = run_once(), run_once()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = run_once()
+    finally:
+        numba.set_num_threads(previous)
+    for other in (second, single):
+        for a, b in zip(first, other):
+            assert np.array_equal(a, b)
+
+
+SEED_OPS = ("evonorm_b0", "evonorm_s0", "weight_standardization", "scaled_weight_standardization", "power_norm")
+SEED_CASES = [(s, mode, affine) for s in all_specs() if s.op in SEED_OPS for mode in s.modes for affine in s.affine]
+
+
+def test_seed_specs_registered_on_numba():
+    assert {s.op for s, _, _ in SEED_CASES} == set(SEED_OPS)
+    for op in SEED_OPS:
+        assert "numba" in available_op_backends(op)
+
+
+@pytest.mark.parametrize("spec,mode,affine", SEED_CASES, ids=[f"{s.name}-{m}-affine{a}" for s, m, a in SEED_CASES])
+def test_seed_gradcheck_on_numba(spec, mode, affine):
     report = check(spec, mode=mode, affine=affine, backend="numba")
     assert report.passed, "\n" + report.table()

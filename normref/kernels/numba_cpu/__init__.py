@@ -1,7 +1,11 @@
 """The ``"numba"`` backend: Numba CPU kernels for the standard normalizers, checked against the NumPy reference.
 
-Importing this package registers ``batch_norm``, ``layer_norm``, ``group_norm``, ``instance_norm``, ``rms_norm`` and
-``batch_channel_norm`` (a composition of the BatchNorm and GroupNorm kernels) on the ``"numba"`` backend (:mod:`normref._registry` imports it lazily the first time the backend is asked for).
+Importing this package registers, on the ``"numba"`` backend, ``batch_norm``, ``layer_norm``, ``group_norm``,
+``instance_norm``, ``rms_norm`` and ``batch_channel_norm`` (a composition of the BatchNorm and GroupNorm kernels),
+and the seed layers whose reductions are hot: ``evonorm_b0`` (column-wise), ``evonorm_s0`` (row-wise, per-channel
+parameters), ``weight_standardization`` and ``scaled_weight_standardization`` (row-wise over the fan-in) and
+``power_norm`` (exact path only: no ``pad_mask``, no surrogate backward; see :mod:`.power_norm`).
+:mod:`normref._registry` imports it lazily the first time the backend is asked for.
 
 Two templates carry all five layers:
 
@@ -10,9 +14,13 @@ Two templates carry all five layers:
   reduction of the parameter gradients;
 * :mod:`._colwise`: one statistic per channel of an ``(N, C, S)`` view (BatchNorm), ``prange`` over channels.
 
+The seed-layer kernels (:mod:`.evonorm`, :mod:`.weight_standardization`, :mod:`.power_norm`) follow the same two
+patterns with their own fused loops; each module's docstring says which, and its passes over memory.
+
 Compile options (``parallel=True, fastmath=False, cache=True``), the lane-blocked sums with their error bound, and
 the array boundary (including ``out=``, which every forward and backward takes) are in :mod:`._common`.
 Tutorial ``08_from_numpy_to_numba`` walks through the design; ``normref bench`` measures it.
 """
 
 from . import batch_channel_norm, batch_norm, group_norm, instance_norm, layer_norm, rms_norm  # noqa: F401
+from . import evonorm, power_norm, weight_standardization  # noqa: F401
