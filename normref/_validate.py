@@ -130,23 +130,28 @@ def cast_like(x: np.ndarray, param):
     return param.astype(np.empty(0, x.dtype).real.dtype)
 
 
-def check_stats(stats, shape: tuple[int, ...], x: np.ndarray, *, need_mean: bool = True):
+def check_stats(stats, shape: tuple[int, ...], x: np.ndarray, *, need_mean: bool = True, view_shape=None,
+                allow_complex: bool = True):
     """Validate given statistics ``(mean, var)``: each an array of ``shape`` (``mean`` may be None when not needed).
 
-    Returns the pair cast to ``x``'s real dtype.
+    Returns the pair cast to ``x``'s real dtype, each reshaped to ``view_shape`` (the op's keepdims statistics
+    shape) when one is given. ``allow_complex=False`` refuses complex statistics (the compiled backends).
     """
     if not isinstance(stats, tuple) or len(stats) != 2:
         raise TypeError(f"stats must be None or a tuple (mean, var), got {type(stats).__name__}")
     mean, var = stats
     if need_mean:
-        mean = cast_like(x, check_param(mean, "stats[0] (mean)", shape))
+        mean = cast_like(x, check_param(mean, "stats[0] (mean)", shape, allow_complex=allow_complex))
         if mean is None:
             raise ValueError(f"stats[0] (mean) must be an array of shape {shape}, got None")
     elif mean is not None:
         raise ValueError("stats[0] must be None for a normalizer without centering (stats = (None, mean_square))")
-    var = cast_like(x, check_param(var, "stats[1] (var)", shape))
+    var = cast_like(x, check_param(var, "stats[1] (var)", shape, allow_complex=allow_complex))
     if var is None:
         raise ValueError(f"stats[1] (var) must be an array of shape {shape}, got None")
+    if view_shape is not None:
+        mean = None if mean is None else mean.reshape(view_shape)
+        var = var.reshape(view_shape)
     return mean, var
 
 
@@ -160,6 +165,7 @@ def check_dy(dy, x_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return dy
 
 
-def check_affine(x: np.ndarray, gamma, beta, shape: tuple[int, ...]):
+def check_affine(x: np.ndarray, gamma, beta, shape: tuple[int, ...], *, allow_complex: bool = True):
     """Validate the optional affine pair ``(gamma, beta)`` against ``shape`` and cast them to ``x``'s dtype."""
-    return (cast_like(x, check_param(gamma, "gamma", shape)), cast_like(x, check_param(beta, "beta", shape)))
+    return (cast_like(x, check_param(gamma, "gamma", shape, allow_complex=allow_complex)),
+            cast_like(x, check_param(beta, "beta", shape, allow_complex=allow_complex)))

@@ -54,6 +54,8 @@ as PyTorch does (the variance would be 0 and the output identically ``beta``).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._validate import as_array, check_affine, check_ndim, check_nonempty, check_positive_float, check_stats
@@ -61,6 +63,42 @@ from .._registry import register
 from ._normalize import NormalizeCache, normalize_backward, normalize_forward
 
 BatchNormCache = NormalizeCache
+
+
+class BatchNormArgs(NamedTuple):
+    """The validated arguments of a BatchNorm forward, as every backend takes them."""
+
+    x: np.ndarray  # (N, C, *spatial)
+    gamma: np.ndarray | None  # (C,), cast to x's dtype
+    beta: np.ndarray | None  # (C,), cast to x's dtype
+    eps: float
+    stats: tuple[np.ndarray, np.ndarray] | None  # given (mean, var), each stat_shape; None = batch statistics
+
+    @property
+    def stat_shape(self) -> tuple[int, ...]:
+        """The keepdims shape of the statistics, ``(1, C, 1, ...)``."""
+        return (1, self.x.shape[1]) + (1,) * (self.x.ndim - 2)
+
+
+def batch_norm_args(x, gamma, beta, *, eps, stats, allow_complex=True) -> BatchNormArgs:
+    """Validate the arguments of :func:`batch_norm_forward` (shared by every backend; see it for their meaning).
+
+    Training (``stats=None``) needs more than one value per channel. ``allow_complex=False`` (the compiled
+    backends) refuses complex ``x``, parameters and statistics with a ``TypeError`` naming the argument.
+    """
+    x = as_array(x, "x", allow_complex=allow_complex)
+    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
+    check_nonempty(x, "x")
+    num_channels = x.shape[1]
+    gamma, beta = check_affine(x, gamma, beta, (num_channels,), allow_complex=allow_complex)
+    args = BatchNormArgs(x, gamma, beta, check_positive_float(eps, "eps", allow_zero=True), None)
+    if stats is None:
+        if x.size // num_channels < 2:
+            raise ValueError(f"x must hold more than 1 value per channel when training (batch statistics), got "
+                             f"input shape {x.shape}; use stats=(running_mean, running_var) to normalize one sample")
+        return args
+    return args._replace(stats=check_stats(stats, (num_channels,), x, view_shape=args.stat_shape,
+                                           allow_complex=allow_complex))
 
 
 def batch_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
@@ -83,23 +121,9 @@ def batch_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
         >>> bool(np.allclose(y.mean(axis=0), 0) and np.allclose(y.var(axis=0), 1, atol=1e-4))
         True
     """
-    x = as_array(x, "x")
-    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
-    check_nonempty(x, "x")
-    num_channels = x.shape[1]
-    gamma, beta = check_affine(x, gamma, beta, (num_channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    view_stats_shape = (1, num_channels) + (1,) * (x.ndim - 2)
-    if stats is None:
-        values_per_channel = x.size // num_channels
-        if values_per_channel < 2:
-            raise ValueError(f"x must hold more than 1 value per channel when training (batch statistics), got "
-                             f"input shape {x.shape}; use stats=(running_mean, running_var) to normalize one sample")
-    else:
-        mean, var = check_stats(stats, (num_channels,), x)
-        stats = (mean.reshape(view_stats_shape), var.reshape(view_stats_shape))
-    return normalize_forward(x, gamma, beta, reduce_axes=(0,) + tuple(range(2, x.ndim)),
-                             param_view_shape=view_stats_shape, eps=eps, center=True, stats=stats)
+    a = batch_norm_args(x, gamma, beta, eps=eps, stats=stats)
+    return normalize_forward(a.x, a.gamma, a.beta, reduce_axes=(0,) + tuple(range(2, a.x.ndim)),
+                             param_view_shape=a.stat_shape, eps=a.eps, center=True, stats=a.stats)
 
 
 def batch_norm_backward(dy, cache: BatchNormCache):

@@ -19,6 +19,10 @@ Given statistics: ``stats=(mean, var)`` each of shape ``(N, G)``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
+
 from .._validate import (as_array, check_affine, check_ndim, check_nonempty, check_positive_float,
                          check_positive_int, check_stats)
 from .._registry import register
@@ -36,6 +40,39 @@ def check_groups(num_groups, num_channels) -> int:
     return num_groups
 
 
+class GroupNormArgs(NamedTuple):
+    """The validated arguments of a GroupNorm forward, as every backend takes them."""
+
+    x: np.ndarray  # (N, C, *spatial)
+    gamma: np.ndarray | None  # (C,), cast to x's dtype
+    beta: np.ndarray | None  # (C,), cast to x's dtype
+    num_groups: int
+    eps: float
+    stats: tuple[np.ndarray, np.ndarray] | None  # given (mean, var), each stat_shape; None = statistics of x
+
+    @property
+    def stat_shape(self) -> tuple[int, ...]:
+        """The keepdims shape of the statistics in the ``(N, G, C/G, *spatial)`` view: ``(N, G, 1, ...)``."""
+        return (self.x.shape[0], self.num_groups) + (1,) * (self.x.ndim - 1)
+
+
+def group_norm_args(x, gamma, beta, *, num_groups, eps, stats, allow_complex=True) -> GroupNormArgs:
+    """Validate the arguments of :func:`group_norm_forward` (shared by every backend; see it for their meaning).
+
+    ``allow_complex=False`` (the compiled backends) refuses complex arrays with a ``TypeError`` naming the argument.
+    """
+    x = as_array(x, "x", allow_complex=allow_complex)
+    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
+    check_nonempty(x, "x")
+    num_groups = check_groups(num_groups, x.shape[1])
+    gamma, beta = check_affine(x, gamma, beta, (x.shape[1],), allow_complex=allow_complex)
+    args = GroupNormArgs(x, gamma, beta, num_groups, check_positive_float(eps, "eps", allow_zero=True), None)
+    if stats is None:
+        return args
+    return args._replace(stats=check_stats(stats, (x.shape[0], num_groups), x, view_shape=args.stat_shape,
+                                           allow_complex=allow_complex))
+
+
 def group_norm_forward(x, gamma=None, beta=None, *, num_groups, eps=1e-5, stats=None):
     """Group normalization of ``x`` per sample over groups of channels and the spatial axes.
 
@@ -49,22 +86,14 @@ def group_norm_forward(x, gamma=None, beta=None, *, num_groups, eps=1e-5, stats=
     Returns:
         ``(y, cache)``: ``y`` like ``x``; the cache's view is ``(N, G, C/G, *spatial)``.
     """
-    x = as_array(x, "x")
-    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
-    check_nonempty(x, "x")
+    a = group_norm_args(x, gamma, beta, num_groups=num_groups, eps=eps, stats=stats)
+    x, num_groups = a.x, a.num_groups
     n, num_channels = x.shape[:2]
-    num_groups = check_groups(num_groups, num_channels)
-    gamma, beta = check_affine(x, gamma, beta, (num_channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
     spatial = x.shape[2:]
     view = x.reshape((n, num_groups, num_channels // num_groups) + spatial)
-    ones = (1,) * (view.ndim - 2)
-    if stats is not None:
-        mean, var = check_stats(stats, (n, num_groups), x)
-        stats = (mean.reshape((n, num_groups) + ones), var.reshape((n, num_groups) + ones))
-    y, cache = normalize_forward(view, gamma, beta, reduce_axes=tuple(range(2, view.ndim)),
+    y, cache = normalize_forward(view, a.gamma, a.beta, reduce_axes=tuple(range(2, view.ndim)),
                                  param_view_shape=(1, num_groups, num_channels // num_groups) + (1,) * len(spatial),
-                                 eps=eps, center=True, stats=stats, x_shape=x.shape)
+                                 eps=a.eps, center=True, stats=a.stats, x_shape=x.shape)
     return y.reshape(x.shape), cache
 
 

@@ -23,6 +23,8 @@ Deviations: none from PyTorch's ``InstanceNorm{1,2,3}d``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._validate import as_array, check_affine, check_ndim, check_nonempty, check_positive_float, check_stats
@@ -30,6 +32,46 @@ from .._registry import register
 from ._normalize import NormalizeCache, normalize_backward, normalize_forward
 
 InstanceNormCache = NormalizeCache
+
+
+class InstanceNormArgs(NamedTuple):
+    """The validated arguments of an InstanceNorm forward, as every backend takes them."""
+
+    x: np.ndarray  # (N, C, *spatial)
+    gamma: np.ndarray | None  # (C,), cast to x's dtype
+    beta: np.ndarray | None  # (C,), cast to x's dtype
+    eps: float
+    # given (mean, var), each (N, C, 1, ...) per instance or (1, C, 1, ...) per channel; None = statistics of x
+    stats: tuple[np.ndarray, np.ndarray] | None
+
+    @property
+    def stat_shape(self) -> tuple[int, ...]:
+        """The keepdims shape of per-instance statistics, ``(N, C, 1, ...)``."""
+        return self.x.shape[:2] + (1,) * (self.x.ndim - 2)
+
+
+def instance_norm_args(x, gamma, beta, *, eps, stats, allow_complex=True) -> InstanceNormArgs:
+    """Validate the arguments of :func:`instance_norm_forward` (shared by every backend; see it for their meaning).
+
+    Given statistics of shape ``(N, C)`` are per instance, any other shape is checked against ``(C,)`` (per
+    channel, broadcast to every sample). Without them each instance needs more than one spatial element.
+    ``allow_complex=False`` (the compiled backends) refuses complex arrays with a ``TypeError`` naming the argument.
+    """
+    x = as_array(x, "x", allow_complex=allow_complex)
+    check_ndim(x, "x", (3, 4, 5), "(N, C, *spatial) with 1 to 3 spatial axes")
+    check_nonempty(x, "x")
+    n, num_channels = x.shape[:2]
+    gamma, beta = check_affine(x, gamma, beta, (num_channels,), allow_complex=allow_complex)
+    args = InstanceNormArgs(x, gamma, beta, check_positive_float(eps, "eps", allow_zero=True), None)
+    if stats is None:
+        if x[0, 0].size < 2:
+            raise ValueError(f"x must hold more than 1 spatial element per channel, got input shape {x.shape}")
+        return args
+    shape = stats[1].shape if isinstance(stats, tuple) and len(stats) == 2 and hasattr(stats[1], "shape") else None
+    per_instance = shape == (n, num_channels)
+    view_shape = (n if per_instance else 1, num_channels) + (1,) * (x.ndim - 2)
+    return args._replace(stats=check_stats(stats, (n, num_channels) if per_instance else (num_channels,), x,
+                                           view_shape=view_shape, allow_complex=allow_complex))
 
 
 def instance_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
@@ -44,24 +86,10 @@ def instance_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
     Returns:
         ``(y, cache)``: ``y`` like ``x``; the cache's ``mean``/``var`` have shape ``(N, C, 1, ...)``.
     """
-    x = as_array(x, "x")
-    check_ndim(x, "x", (3, 4, 5), "(N, C, *spatial) with 1 to 3 spatial axes")
-    check_nonempty(x, "x")
-    n, num_channels = x.shape[:2]
-    gamma, beta = check_affine(x, gamma, beta, (num_channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    spatial_ones = (1,) * (x.ndim - 2)
-    if stats is None:
-        if x[0, 0].size < 2:
-            raise ValueError(f"x must hold more than 1 spatial element per channel, got input shape {x.shape}")
-    else:
-        shape = stats[1].shape if isinstance(stats, tuple) and len(stats) == 2 and hasattr(stats[1], "shape") else None
-        per_instance = shape == (n, num_channels)
-        mean, var = check_stats(stats, (n, num_channels) if per_instance else (num_channels,), x)
-        lead = (n, num_channels) if per_instance else (1, num_channels)
-        stats = (mean.reshape(lead + spatial_ones), var.reshape(lead + spatial_ones))
-    return normalize_forward(x, gamma, beta, reduce_axes=tuple(range(2, x.ndim)),
-                             param_view_shape=(1, num_channels) + spatial_ones, eps=eps, center=True, stats=stats)
+    a = instance_norm_args(x, gamma, beta, eps=eps, stats=stats)
+    return normalize_forward(a.x, a.gamma, a.beta, reduce_axes=tuple(range(2, a.x.ndim)),
+                             param_view_shape=(1, a.x.shape[1]) + (1,) * (a.x.ndim - 2), eps=a.eps, center=True,
+                             stats=a.stats)
 
 
 def instance_norm_backward(dy, cache: InstanceNormCache):

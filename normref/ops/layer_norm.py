@@ -21,7 +21,9 @@ Deviations: none from PyTorch's ``LayerNorm`` (``bias=False`` there is ``beta=No
 
 from __future__ import annotations
 
-import numpy as np  # noqa: F401  (used by the doctest)
+from typing import NamedTuple
+
+import numpy as np
 
 from .._validate import (as_array, check_affine, check_nonempty, check_positive_float, check_shape_tuple,
                          check_stats)
@@ -38,6 +40,39 @@ def check_trailing_shape(x, normalized_shape) -> tuple[int, ...]:
     if x.ndim < k or tuple(x.shape[x.ndim - k:]) != normalized_shape:
         raise ValueError(f"x must end with the dimensions normalized_shape={normalized_shape}, got shape {x.shape}")
     return normalized_shape
+
+
+class LayerNormArgs(NamedTuple):
+    """The validated arguments of a LayerNorm forward, as every backend takes them."""
+
+    x: np.ndarray  # (*batch, *normalized_shape)
+    gamma: np.ndarray | None  # normalized_shape, cast to x's dtype
+    beta: np.ndarray | None  # normalized_shape, cast to x's dtype
+    normalized_shape: tuple[int, ...]
+    eps: float
+    stats: tuple[np.ndarray, np.ndarray] | None  # given (mean, var), each stat_shape; None = statistics of x
+
+    @property
+    def stat_shape(self) -> tuple[int, ...]:
+        """The keepdims shape of the statistics, ``(*batch, 1, ...)``."""
+        k = len(self.normalized_shape)
+        return self.x.shape[:self.x.ndim - k] + (1,) * k
+
+
+def layer_norm_args(x, gamma, beta, *, normalized_shape, eps, stats, allow_complex=True) -> LayerNormArgs:
+    """Validate the arguments of :func:`layer_norm_forward` (shared by every backend; see it for their meaning).
+
+    ``allow_complex=False`` (the compiled backends) refuses complex arrays with a ``TypeError`` naming the argument.
+    """
+    x = as_array(x, "x", allow_complex=allow_complex)
+    normalized_shape = check_trailing_shape(x, normalized_shape)
+    check_nonempty(x, "x")
+    gamma, beta = check_affine(x, gamma, beta, normalized_shape, allow_complex=allow_complex)
+    args = LayerNormArgs(x, gamma, beta, normalized_shape, check_positive_float(eps, "eps", allow_zero=True), None)
+    if stats is None:
+        return args
+    return args._replace(stats=check_stats(stats, x.shape[:x.ndim - len(normalized_shape)], x,
+                                           view_shape=args.stat_shape, allow_complex=allow_complex))
 
 
 def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, stats=None):
@@ -59,18 +94,10 @@ def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, 
         >>> bool(np.allclose(y.mean(axis=1), 0) and np.allclose(y.var(axis=1), 1, atol=1e-4))
         True
     """
-    x = as_array(x, "x")
-    normalized_shape = check_trailing_shape(x, normalized_shape)
-    check_nonempty(x, "x")
-    gamma, beta = check_affine(x, gamma, beta, normalized_shape)
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    lead = x.ndim - len(normalized_shape)
-    if stats is not None:
-        mean, var = check_stats(stats, x.shape[:lead], x)
-        ones = (1,) * len(normalized_shape)
-        stats = (mean.reshape(mean.shape + ones), var.reshape(var.shape + ones))
-    return normalize_forward(x, gamma, beta, reduce_axes=tuple(range(lead, x.ndim)),
-                             param_view_shape=(1,) * lead + normalized_shape, eps=eps, center=True, stats=stats)
+    a = layer_norm_args(x, gamma, beta, normalized_shape=normalized_shape, eps=eps, stats=stats)
+    lead = a.x.ndim - len(a.normalized_shape)
+    return normalize_forward(a.x, a.gamma, a.beta, reduce_axes=tuple(range(lead, a.x.ndim)),
+                             param_view_shape=(1,) * lead + a.normalized_shape, eps=a.eps, center=True, stats=a.stats)
 
 
 def layer_norm_backward(dy, cache: LayerNormCache):

@@ -24,6 +24,8 @@ RMSNorm equals LayerNorm without bias.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._validate import as_array, check_affine, check_nonempty, check_positive_float, check_stats
@@ -32,6 +34,39 @@ from ._normalize import NormalizeCache, normalize_backward, normalize_forward
 from .layer_norm import check_trailing_shape
 
 RMSNormCache = NormalizeCache
+
+
+class RMSNormArgs(NamedTuple):
+    """The validated arguments of an RMSNorm forward, as every backend takes them."""
+
+    x: np.ndarray  # (*batch, *normalized_shape)
+    gamma: np.ndarray | None  # normalized_shape, cast to x's dtype
+    normalized_shape: tuple[int, ...]
+    eps: float  # eps=None already resolved to the machine epsilon of x's dtype
+    stats: tuple[None, np.ndarray] | None  # given (None, mean_square), mean_square stat_shape; None = from x
+
+    @property
+    def stat_shape(self) -> tuple[int, ...]:
+        """The keepdims shape of the statistic, ``(*batch, 1, ...)``."""
+        k = len(self.normalized_shape)
+        return self.x.shape[:self.x.ndim - k] + (1,) * k
+
+
+def rms_norm_args(x, gamma, *, normalized_shape, eps, stats, allow_complex=True) -> RMSNormArgs:
+    """Validate the arguments of :func:`rms_norm_forward` (shared by every backend; see it for their meaning).
+
+    ``allow_complex=False`` (the compiled backends) refuses complex arrays with a ``TypeError`` naming the argument.
+    """
+    x = as_array(x, "x", allow_complex=allow_complex)
+    normalized_shape = check_trailing_shape(x, normalized_shape)
+    check_nonempty(x, "x")
+    gamma, _ = check_affine(x, gamma, None, normalized_shape, allow_complex=allow_complex)
+    eps = float(np.finfo(x.dtype).eps) if eps is None else check_positive_float(eps, "eps", allow_zero=True)
+    args = RMSNormArgs(x, gamma, normalized_shape, eps, None)
+    if stats is None:
+        return args
+    return args._replace(stats=check_stats(stats, x.shape[:x.ndim - len(normalized_shape)], x, need_mean=False,
+                                           view_shape=args.stat_shape, allow_complex=allow_complex))
 
 
 def rms_norm_forward(x, gamma=None, *, normalized_shape, eps=None, stats=None):
@@ -47,17 +82,11 @@ def rms_norm_forward(x, gamma=None, *, normalized_shape, eps=None, stats=None):
     Returns:
         ``(y, cache)``: ``y`` like ``x``.
     """
-    x = as_array(x, "x")
-    normalized_shape = check_trailing_shape(x, normalized_shape)
-    check_nonempty(x, "x")
-    gamma, _ = check_affine(x, gamma, None, normalized_shape)
-    eps = float(np.finfo(x.dtype).eps) if eps is None else check_positive_float(eps, "eps", allow_zero=True)
-    lead = x.ndim - len(normalized_shape)
-    if stats is not None:
-        _, mean_sq = check_stats(stats, x.shape[:lead], x, need_mean=False)
-        stats = (None, mean_sq.reshape(mean_sq.shape + (1,) * len(normalized_shape)))
-    return normalize_forward(x, gamma, None, reduce_axes=tuple(range(lead, x.ndim)),
-                             param_view_shape=(1,) * lead + normalized_shape, eps=eps, center=False, stats=stats)
+    a = rms_norm_args(x, gamma, normalized_shape=normalized_shape, eps=eps, stats=stats)
+    lead = a.x.ndim - len(a.normalized_shape)
+    return normalize_forward(a.x, a.gamma, None, reduce_axes=tuple(range(lead, a.x.ndim)),
+                             param_view_shape=(1,) * lead + a.normalized_shape, eps=a.eps, center=False,
+                             stats=a.stats)
 
 
 def rms_norm_backward(dy, cache: RMSNormCache):

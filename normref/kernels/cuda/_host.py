@@ -45,12 +45,6 @@ def real_array(value, name: str) -> np.ndarray:
     return as_array(value, name, allow_complex=False)
 
 
-def real_param(param, name: str):
-    if param is not None:
-        real_array(param, name)
-    return param
-
-
 def real_dy(dy, cache: CudaNormCache) -> np.ndarray:
     """Validate ``dy`` against the forward, cast to x's dtype, and give it the kernels' contiguous view."""
     dy = check_dy(real_array(dy, "dy"), cache.x_shape, cache.x_view.dtype)

@@ -23,9 +23,9 @@ import numpy as np
 from numba import cuda, float64
 
 from ..._registry import register
-from ..._validate import check_affine, check_ndim, check_nonempty, check_positive_float, check_stats
+from ...ops.batch_norm import batch_norm_args
 from ._block_reduce import TPB, block_sum2, block_welford, shared_bytes, welford_push
-from ._host import CudaNormCache, device_param, real_array, real_dy, real_param
+from ._host import CudaNormCache, device_param, real_dy
 
 
 @cuda.jit(device=True)
@@ -108,15 +108,9 @@ def channel_backward_kernel(x, dy, gamma, has_gamma, batch_stats, stat_mean, sta
 
 def batch_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
     """BatchNorm per channel on the GPU: ``(y, cache)``, as the NumPy op (cache ``mean``/``var`` ``(1, C, 1, ...)``)."""
-    x = real_array(x, "x")
-    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
-    check_nonempty(x, "x")
+    args = batch_norm_args(x, gamma, beta, eps=eps, stats=stats, allow_complex=False)
+    x, gamma, beta, eps, stats = args
     num_channels = x.shape[1]
-    gamma, beta = check_affine(x, real_param(gamma, "gamma"), real_param(beta, "beta"), (num_channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    if stats is None and x.size // num_channels < 2:
-        raise ValueError(f"x must hold more than 1 value per channel when training (batch statistics), got "
-                         f"input shape {x.shape}; use stats=(running_mean, running_var) to normalize one sample")
     x_view = np.ascontiguousarray(x).reshape(x.shape[0], num_channels, -1)
     d_x = cuda.to_device(x_view)
     d_gamma, d_beta = device_param(gamma, x.dtype), device_param(beta, x.dtype)
@@ -127,12 +121,11 @@ def batch_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
         launch(d_x, d_gamma, d_beta, gamma is not None, beta is not None, eps, d_y, d_mean, d_var, d_rstd)
         stat_mean, stat_var, stat_rstd = d_mean.copy_to_host(), d_var.copy_to_host(), d_rstd.copy_to_host()
     else:
-        mean, var = check_stats(stats, (num_channels,), x)
-        stat_mean, stat_var = mean.astype(np.float64), var.astype(np.float64)
+        stat_mean, stat_var = (s.reshape(num_channels).astype(np.float64) for s in stats)
         stat_rstd = 1.0 / np.sqrt(stat_var + eps)
         channel_forward_given_kernel[num_channels, TPB](d_x, d_gamma, d_beta, gamma is not None, beta is not None,
                                                         cuda.to_device(stat_mean), cuda.to_device(stat_rstd), d_y)
-    keep = (1, num_channels) + (1,) * (x.ndim - 2)
+    keep = args.stat_shape
     cache = CudaNormCache(
         mean=stat_mean.astype(x.dtype).reshape(keep), var=stat_var.astype(x.dtype).reshape(keep), x_shape=x.shape,
         x_view=x_view, stat_mean=stat_mean, stat_rstd=stat_rstd, gamma=gamma, has_beta=beta is not None,

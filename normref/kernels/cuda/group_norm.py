@@ -10,30 +10,22 @@ from __future__ import annotations
 import numpy as np
 
 from ..._registry import register
-from ..._validate import check_affine, check_ndim, check_nonempty, check_positive_float, check_stats
-from ...ops.group_norm import check_groups
-from ._host import CudaNormCache, real_array, real_param
+from ...ops.group_norm import group_norm_args
+from ._host import CudaNormCache
 from ._rows import rows_backward, rows_forward
 
 
 def group_norm_forward(x, gamma=None, beta=None, *, num_groups, eps=1e-5, stats=None):
     """GroupNorm per sample and group of channels on the GPU: ``(y, cache)``, as the NumPy op."""
-    x = real_array(x, "x")
-    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
-    check_nonempty(x, "x")
+    args = group_norm_args(x, gamma, beta, num_groups=num_groups, eps=eps, stats=stats, allow_complex=False)
+    x, gamma, beta, num_groups, eps, stats = args
     n, num_channels = x.shape[:2]
-    num_groups = check_groups(num_groups, num_channels)
-    gamma, beta = check_affine(x, real_param(gamma, "gamma"), real_param(beta, "beta"), (num_channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    given = None
-    if stats is not None:
-        mean, var = check_stats(stats, (n, num_groups), x)
-        given = (mean.reshape(-1), var.reshape(-1))
+    given = None if stats is None else tuple(s.reshape(-1) for s in stats)
     x_view = np.ascontiguousarray(x).reshape(n * num_groups, -1)
     spatial_size = int(np.prod(x.shape[2:]))
     y, stat_mean, stat_var, stat_rstd = rows_forward(x_view, gamma, beta, eps=eps, center=True,
                                                      period=num_groups, div=spatial_size, given=given)
-    keep = (n, num_groups) + (1,) * (x.ndim - 1)  # the NumPy cache's view is (N, G, C/G, *spatial)
+    keep = args.stat_shape  # the NumPy cache's view is (N, G, C/G, *spatial)
     cache = CudaNormCache(
         mean=stat_mean.astype(x.dtype).reshape(keep), var=stat_var.astype(x.dtype).reshape(keep), x_shape=x.shape,
         x_view=x_view, stat_mean=stat_mean, stat_rstd=stat_rstd, gamma=gamma, has_beta=beta is not None,

@@ -10,33 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..._registry import register
-from ..._validate import check_affine, check_ndim, check_nonempty, check_positive_float, check_stats
-from ._host import CudaNormCache, real_array, real_param
+from ...ops.instance_norm import instance_norm_args
+from ._host import CudaNormCache
 from ._rows import rows_backward, rows_forward
 
 
 def instance_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None):
     """InstanceNorm per sample and channel on the GPU: ``(y, cache)``, as the NumPy op."""
-    x = real_array(x, "x")
-    check_ndim(x, "x", (3, 4, 5), "(N, C, *spatial) with 1 to 3 spatial axes")
-    check_nonempty(x, "x")
+    args = instance_norm_args(x, gamma, beta, eps=eps, stats=stats, allow_complex=False)
+    x, gamma, beta, eps, stats = args
     n, num_channels = x.shape[:2]
-    gamma, beta = check_affine(x, real_param(gamma, "gamma"), real_param(beta, "beta"), (num_channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    spatial_ones = (1,) * (x.ndim - 2)
-    given, keep = None, (n, num_channels) + spatial_ones
-    if stats is None:
-        if x[0, 0].size < 2:
-            raise ValueError(f"x must hold more than 1 spatial element per channel, got input shape {x.shape}")
-    else:
-        shape = stats[1].shape if isinstance(stats, tuple) and len(stats) == 2 and hasattr(stats[1], "shape") else None
-        per_instance = shape == (n, num_channels)
-        mean, var = check_stats(stats, (n, num_channels) if per_instance else (num_channels,), x)
-        if per_instance:
-            given = (mean.reshape(-1), var.reshape(-1))
-        else:  # running statistics (C,): the same for every sample
-            given = (np.tile(mean, n), np.tile(var, n))
-            keep = (1, num_channels) + spatial_ones
+    given, keep = None, args.stat_shape
+    if stats is not None:  # per instance (N, C, 1, ...) or running statistics (1, C, 1, ...), the same for every n
+        given = tuple(np.broadcast_to(s, keep).reshape(-1) for s in stats)
+        keep = stats[1].shape
     x_view = np.ascontiguousarray(x).reshape(n * num_channels, -1)
     spatial_size = x_view.shape[1]
     y, stat_mean, stat_var, stat_rstd = rows_forward(x_view, gamma, beta, eps=eps, center=True,

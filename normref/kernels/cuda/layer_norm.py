@@ -9,29 +9,21 @@ from __future__ import annotations
 import numpy as np
 
 from ..._registry import register
-from ..._validate import check_affine, check_nonempty, check_positive_float, check_stats
-from ...ops.layer_norm import check_trailing_shape
-from ._host import CudaNormCache, real_array, real_param
+from ...ops.layer_norm import layer_norm_args
+from ._host import CudaNormCache
 from ._rows import rows_backward, rows_forward
 
 
 def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, stats=None):
     """LayerNorm over the trailing ``normalized_shape`` on the GPU: ``(y, cache)``, as the NumPy op."""
-    x = real_array(x, "x")
-    normalized_shape = check_trailing_shape(x, normalized_shape)
-    check_nonempty(x, "x")
-    gamma, beta = check_affine(x, real_param(gamma, "gamma"), real_param(beta, "beta"), normalized_shape)
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    batch = x.shape[:x.ndim - len(normalized_shape)]
-    given = None
-    if stats is not None:
-        mean, var = check_stats(stats, batch, x)
-        given = (mean.reshape(-1), var.reshape(-1))
-    rows = int(np.prod(batch))
-    x_view = np.ascontiguousarray(x).reshape(rows, -1)
+    args = layer_norm_args(x, gamma, beta, normalized_shape=normalized_shape, eps=eps, stats=stats,
+                           allow_complex=False)
+    x, gamma, beta, normalized_shape, eps, stats = args
+    given = None if stats is None else tuple(s.reshape(-1) for s in stats)
+    x_view = np.ascontiguousarray(x).reshape(-1, int(np.prod(normalized_shape)))
     y, stat_mean, stat_var, stat_rstd = rows_forward(x_view, gamma, beta, eps=eps, center=True, period=1, div=1,
                                                      given=given)
-    keep = batch + (1,) * len(normalized_shape)
+    keep = args.stat_shape
     cache = CudaNormCache(
         mean=stat_mean.astype(x.dtype).reshape(keep), var=stat_var.astype(x.dtype).reshape(keep), x_shape=x.shape,
         x_view=x_view, stat_mean=stat_mean, stat_rstd=stat_rstd, gamma=gamma, has_beta=beta is not None,

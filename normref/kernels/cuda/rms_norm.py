@@ -9,29 +9,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..._registry import register
-from ..._validate import check_affine, check_nonempty, check_positive_float, check_stats
-from ...ops.layer_norm import check_trailing_shape
-from ._host import CudaNormCache, real_array, real_param
+from ...ops.rms_norm import rms_norm_args
+from ._host import CudaNormCache
 from ._rows import rows_backward, rows_forward
 
 
 def rms_norm_forward(x, gamma=None, *, normalized_shape, eps=None, stats=None):
     """RMSNorm over the trailing ``normalized_shape`` on the GPU: ``(y, cache)``, as the NumPy op."""
-    x = real_array(x, "x")
-    normalized_shape = check_trailing_shape(x, normalized_shape)
-    check_nonempty(x, "x")
-    gamma, _ = check_affine(x, real_param(gamma, "gamma"), None, normalized_shape)
-    eps = float(np.finfo(x.dtype).eps) if eps is None else check_positive_float(eps, "eps", allow_zero=True)
-    batch = x.shape[:x.ndim - len(normalized_shape)]
-    given = None
-    if stats is not None:
-        _, mean_sq = check_stats(stats, batch, x, need_mean=False)
-        given = (np.zeros(mean_sq.size), mean_sq.reshape(-1))
-    rows = int(np.prod(batch))
-    x_view = np.ascontiguousarray(x).reshape(rows, -1)
+    args = rms_norm_args(x, gamma, normalized_shape=normalized_shape, eps=eps, stats=stats, allow_complex=False)
+    x, gamma, normalized_shape, eps, stats = args
+    given = None if stats is None else (np.zeros(stats[1].size), stats[1].reshape(-1))
+    x_view = np.ascontiguousarray(x).reshape(-1, int(np.prod(normalized_shape)))
     y, stat_mean, stat_var, stat_rstd = rows_forward(x_view, gamma, None, eps=eps, center=False, period=1, div=1,
                                                      given=given)
-    keep = batch + (1,) * len(normalized_shape)
+    keep = args.stat_shape
     cache = CudaNormCache(
         mean=None, var=stat_var.astype(x.dtype).reshape(keep), x_shape=x.shape, x_view=x_view,
         stat_mean=stat_mean, stat_rstd=stat_rstd, gamma=gamma, has_beta=False, batch_stats=stats is None,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..._registry import register
-from ..._validate import check_ndim, check_nonempty, check_positive_float, check_stats
-from ...ops.group_norm import check_groups
-from ._common import as_kernel_array, real_affine
+from ...ops.group_norm import group_norm_args
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
@@ -23,22 +23,12 @@ def group_norm_forward(x, gamma=None, beta=None, *, num_groups, eps=1e-5, stats=
 
     ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
     """
-    x = as_kernel_array(x, "x")
-    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
-    check_nonempty(x, "x")
+    a = group_norm_args(x, gamma, beta, num_groups=num_groups, eps=eps, stats=stats, allow_complex=False)
+    x, num_groups = np.ascontiguousarray(a.x), a.num_groups
     batch, channels = x.shape[:2]
-    num_groups = check_groups(num_groups, channels)
-    gamma, beta = real_affine(x, gamma, beta, (channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
     seg = math.prod(x.shape[2:])
-    # the reference's view is (N, G, C/G, *spatial); its statistics keep (N, G) and set the rest to 1
-    stat_shape = (batch, num_groups) + (1,) * (x.ndim - 1)
-    given = None
-    if stats is not None:
-        mean, var = check_stats(stats, (batch, num_groups), x)
-        given = (mean.reshape(stat_shape), var.reshape(stat_shape))
     x2 = x.reshape(batch * num_groups, (channels // num_groups) * seg)
-    return run_rows_forward(x, x2, gamma, beta, eps=eps, center=True, given=given, stat_shape=stat_shape,
+    return run_rows_forward(x, x2, a.gamma, a.beta, eps=a.eps, center=True, given=a.stats, stat_shape=a.stat_shape,
                             layout=(num_groups, seg), out=out)
 
 

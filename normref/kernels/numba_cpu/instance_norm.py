@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..._registry import register
-from ..._validate import check_ndim, check_nonempty, check_positive_float, check_stats
-from ._common import as_kernel_array, real_affine
+from ...ops.instance_norm import instance_norm_args
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
@@ -21,26 +22,12 @@ def instance_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, stats=None, out
 
     ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
     """
-    x = as_kernel_array(x, "x")
-    check_ndim(x, "x", (3, 4, 5), "(N, C, *spatial) with 1 to 3 spatial axes")
-    check_nonempty(x, "x")
+    a = instance_norm_args(x, gamma, beta, eps=eps, stats=stats, allow_complex=False)
+    x = np.ascontiguousarray(a.x)
     batch, channels = x.shape[:2]
-    gamma, beta = real_affine(x, gamma, beta, (channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    ones = (1,) * (x.ndim - 2)
-    given = None
-    if stats is None:
-        if x[0, 0].size < 2:
-            raise ValueError(f"x must hold more than 1 spatial element per channel, got input shape {x.shape}")
-    else:
-        shape = stats[1].shape if isinstance(stats, tuple) and len(stats) == 2 and hasattr(stats[1], "shape") else None
-        per_instance = shape == (batch, channels)
-        mean, var = check_stats(stats, (batch, channels) if per_instance else (channels,), x)
-        lead = (batch, channels) if per_instance else (1, channels)
-        given = (mean.reshape(lead + ones), var.reshape(lead + ones))
     seg = math.prod(x.shape[2:])
-    return run_rows_forward(x, x.reshape(batch * channels, seg), gamma, beta, eps=eps, center=True, given=given,
-                            stat_shape=(batch, channels) + ones, layout=(channels, seg), out=out)
+    return run_rows_forward(x, x.reshape(batch * channels, seg), a.gamma, a.beta, eps=a.eps, center=True,
+                            given=a.stats, stat_shape=a.stat_shape, layout=(channels, seg), out=out)
 
 
 def instance_norm_backward(dy, cache, *, out=None):

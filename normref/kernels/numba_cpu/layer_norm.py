@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..._registry import register
-from ..._validate import check_nonempty, check_positive_float, check_stats
-from ...ops.layer_norm import check_trailing_shape
-from ._common import as_kernel_array, real_affine
+from ...ops.layer_norm import layer_norm_args
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
@@ -21,19 +21,10 @@ def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, 
 
     ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
     """
-    x = as_kernel_array(x, "x")
-    normalized_shape = check_trailing_shape(x, normalized_shape)
-    check_nonempty(x, "x")
-    gamma, beta = real_affine(x, gamma, beta, normalized_shape)
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    lead = x.shape[:x.ndim - len(normalized_shape)]
-    stat_shape = lead + (1,) * len(normalized_shape)
-    given = None
-    if stats is not None:
-        mean, var = check_stats(stats, lead, x)
-        given = (mean.reshape(stat_shape), var.reshape(stat_shape))
-    x2 = x.reshape(math.prod(lead), math.prod(normalized_shape))
-    return run_rows_forward(x, x2, gamma, beta, eps=eps, center=True, given=given, stat_shape=stat_shape,
+    a = layer_norm_args(x, gamma, beta, normalized_shape=normalized_shape, eps=eps, stats=stats, allow_complex=False)
+    x = np.ascontiguousarray(a.x)
+    x2 = x.reshape(-1, math.prod(a.normalized_shape))
+    return run_rows_forward(x, x2, a.gamma, a.beta, eps=a.eps, center=True, given=a.stats, stat_shape=a.stat_shape,
                             out=out)
 
 

@@ -12,9 +12,7 @@ import math
 import numpy as np
 
 from ..._registry import register
-from ..._validate import check_nonempty, check_positive_float, check_stats
-from ...ops.layer_norm import check_trailing_shape
-from ._common import as_kernel_array, real_affine
+from ...ops.rms_norm import rms_norm_args
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
@@ -23,19 +21,10 @@ def rms_norm_forward(x, gamma=None, *, normalized_shape, eps=None, stats=None, o
 
     ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
     """
-    x = as_kernel_array(x, "x")
-    normalized_shape = check_trailing_shape(x, normalized_shape)
-    check_nonempty(x, "x")
-    gamma, _ = real_affine(x, gamma, None, normalized_shape)
-    eps = float(np.finfo(x.dtype).eps) if eps is None else check_positive_float(eps, "eps", allow_zero=True)
-    lead = x.shape[:x.ndim - len(normalized_shape)]
-    stat_shape = lead + (1,) * len(normalized_shape)
-    given = None
-    if stats is not None:
-        _, mean_sq = check_stats(stats, lead, x, need_mean=False)
-        given = (None, mean_sq.reshape(stat_shape))
-    x2 = x.reshape(math.prod(lead), math.prod(normalized_shape))
-    return run_rows_forward(x, x2, gamma, None, eps=eps, center=False, given=given, stat_shape=stat_shape,
+    a = rms_norm_args(x, gamma, normalized_shape=normalized_shape, eps=eps, stats=stats, allow_complex=False)
+    x = np.ascontiguousarray(a.x)
+    x2 = x.reshape(-1, math.prod(a.normalized_shape))
+    return run_rows_forward(x, x2, a.gamma, None, eps=a.eps, center=False, given=a.stats, stat_shape=a.stat_shape,
                             out=out)
 
 
