@@ -9,30 +9,16 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .._registry import check_backend_name
 from .._validate import check_fraction, check_positive_float, check_positive_int
 from ..ops.running_stats import RunningStats, initial_running_stats, update_running_stats
+from ._op_layer import OpLayer
 from .module import Module
 
 
-class NormLayer(Module):
-    """A layer that runs one registered op: ``forward`` keeps its cache, ``backward`` accumulates its gradients."""
+class NormLayer(OpLayer):
+    """A normalizer running one registered op: :class:`OpLayer` plus given statistics and state hooks."""
 
-    op: str = ""
     param_names: tuple[str, ...] = ("gamma", "beta")
-
-    def __init__(self, *, backend: str | None = None):
-        super().__init__()
-        self.backend = None if backend is None else check_backend_name(backend)
-        self.cache = None
-
-    def op_params(self) -> list:
-        """The op's positional parameters in order; ``None`` for one the layer does not have."""
-        return [self.params.get(name) for name in self.param_names]
-
-    def op_hyper(self) -> dict:
-        """The op's keyword hyperparameters (eps, num_groups, ...)."""
-        return {}
 
     def given_stats(self):
         """Statistics to normalize with instead of the batch's, or ``None``."""
@@ -52,15 +38,6 @@ class NormLayer(Module):
         self.after_forward(cache)
         return y
 
-    def backward(self, dy):
-        if self.cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        dx, *dparams = F.backward(self.op, dy, self.cache)
-        for name, grad in zip(self.param_names, dparams):
-            if name in self.params:
-                self.accumulate_grad(name, grad)
-        return dx
-
 
 def init_affine(layer: Module, shape: tuple[int, ...], *, gamma: bool, beta: bool, dtype) -> None:
     """PyTorch's initial affine: gamma = 1, beta = 0."""
@@ -76,6 +53,16 @@ def check_channels(x, num_features: int, name: str = "num_features") -> None:
     if shape is not None and len(shape) >= 2 and shape[1] != num_features:
         raise ValueError(f"x has {shape[1]} channels (axis 1, shape {tuple(shape)}) but the layer was built with "
                          f"{name}={num_features}")
+
+
+def fold_batch_stats(layer: Module, mean, var, count) -> None:
+    """Fold one training batch's statistics into ``layer.buffers`` (running_mean, running_var,
+    num_batches_tracked) with :func:`normref.ops.running_stats.update_running_stats` and ``layer.momentum``."""
+    running = RunningStats(layer.buffers["running_mean"], layer.buffers["running_var"],
+                           layer.buffers["num_batches_tracked"])
+    new = update_running_stats(running, mean, var, count, momentum=layer.momentum)
+    layer.buffers.update(running_mean=new.running_mean, running_var=new.running_var,
+                         num_batches_tracked=new.num_batches_tracked)
 
 
 class TrackedNorm(NormLayer):
@@ -117,12 +104,7 @@ class TrackedNorm(NormLayer):
 
     def after_forward(self, cache) -> None:
         if self.training and self.track_running_stats:
-            mean, var, count = self.batch_stats(cache)
-            running = RunningStats(self.buffers["running_mean"], self.buffers["running_var"],
-                                   self.buffers["num_batches_tracked"])
-            new = update_running_stats(running, mean, var, count, momentum=self.momentum)
-            self.buffers.update(running_mean=new.running_mean, running_var=new.running_var,
-                                num_batches_tracked=new.num_batches_tracked)
+            fold_batch_stats(self, *self.batch_stats(cache))
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "

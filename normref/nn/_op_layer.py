@@ -1,8 +1,8 @@
 """Shared machinery of the non-normalizing layers (Linear, Conv2d, pooling, activations, ...): run one registered op.
 
-Like :class:`normref.nn._norm_base.NormLayer`, but without the normalizers' ``stats=`` argument: ``forward`` calls
-``F.forward(op, x, *params, **hyper)`` and keeps the cache, ``backward`` calls ``F.backward`` and accumulates the
-parameter gradients. Kept separate so that ``isinstance(layer, NormLayer)`` still means "a normalizer".
+``forward`` calls ``F.forward(op, x, *params, **hyper)`` and keeps the cache, ``backward`` calls ``F.backward`` and
+accumulates the parameter gradients. :class:`normref.nn._norm_base.NormLayer` extends it with the normalizers'
+``stats=`` argument and state hooks, so ``isinstance(layer, NormLayer)`` still means "a normalizer".
 """
 
 from __future__ import annotations
@@ -46,9 +46,12 @@ class OpLayer(Module):
         """The op's keyword hyperparameters (stride, padding, ...)."""
         return {}
 
+    def op_params(self) -> list:
+        """The op's positional parameters in order; ``None`` for one the layer does not have."""
+        return [self.params.get(name) for name in self.param_names]
+
     def forward(self, x):
-        y, self.cache = F.forward(self.op, x, *[self.params.get(name) for name in self.param_names],
-                                  backend=self.backend, **self.op_hyper())
+        y, self.cache = F.forward(self.op, x, *self.op_params(), backend=self.backend, **self.op_hyper())
         return y
 
     def backward(self, dy):

@@ -8,8 +8,8 @@ from .._validate import check_fraction, check_positive_float, check_positive_int
 from ..ops.batch_channel_norm import estbn_update
 from ..ops.batch_norm import batch_norm_batch_stats
 from ..ops.group_norm import check_groups
-from ..ops.running_stats import RunningStats, initial_running_stats, update_running_stats
-from ._norm_base import NormLayer, check_channels, init_affine
+from ..ops.running_stats import initial_running_stats
+from ._norm_base import NormLayer, check_channels, fold_batch_stats, init_affine
 
 
 class BatchChannelNorm(NormLayer):
@@ -83,12 +83,7 @@ class BatchChannelNorm(NormLayer):
 
     def after_forward(self, cache) -> None:
         if self.training and self.track_running_stats and not self.estimate:
-            mean, var, count = batch_norm_batch_stats(cache.bn)
-            running = RunningStats(self.buffers["running_mean"], self.buffers["running_var"],
-                                   self.buffers["num_batches_tracked"])
-            new = update_running_stats(running, mean, var, count, momentum=self.momentum)
-            self.buffers.update(running_mean=new.running_mean, running_var=new.running_var,
-                                num_batches_tracked=new.num_batches_tracked)
+            fold_batch_stats(self, *batch_norm_batch_stats(cache.bn))
 
     def extra_repr(self) -> str:
         return (f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}, affine={self.affine}, "
