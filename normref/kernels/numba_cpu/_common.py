@@ -26,6 +26,9 @@ instead written as an *elementwise* loop over an array of :data:`LANES` partial 
 The inner loop carries no dependence from one ``k`` to the next, so LLVM's loop vectorizer turns it into a few
 SIMD additions (8 float32 or 4 float64 per AVX2 instruction) with no licence to reorder anything: lane ``k`` adds
 its values in index order, vectorized or not, so the result is the same on every run, thread count and CPU.
+The lane array lives in memory, not in registers, so :data:`LANES` is 64 (not the 32 that would suffice to hide
+the addition latency): the per-pass cost of loading, storing and alias-checking the lanes is then spread over
+twice the values, which halved the forward's time per value (measured; see the constant).
 
 The lanes hold the *storage* dtype, which for float32 input is 8 values per instruction instead of 4, but limits
 the depth: a lane takes at most :data:`DEPTH` values, then the block's lanes are added (converted exactly) into
@@ -87,8 +90,13 @@ from ..._validate import as_array, cast_like, check_dy, check_param
 # The helpers are small and called from inside parallel loops; LLVM inlines them into each kernel.
 HELPER = dict(fastmath=False, cache=True)
 
-# Independent partial sums per reduction: 4 AVX2 registers of float32 (8 of float64), enough to hide the latency.
-LANES = 32
+# Independent partial sums per reduction: 8 AVX2 registers of float32 (16 of float64). 64 rather than 32: the
+# lanes live in memory (LLVM cannot prove they do not alias the input), so each pass of the inner loop pays a
+# fixed cost (runtime alias check, loads and stores of the lanes) that 64 values amortize better than 32. Measured
+# on one thread, data in cache, 64x1024 float32: LayerNorm forward 1.19 -> 0.55 ns/value, RMSNorm forward
+# 0.89 -> 0.38, LayerNorm backward 0.80 -> 0.66 (128 lanes was no faster than 64; 8 named scalar float32
+# accumulators, tried for the moments, compiled to scalar code and were slower than either).
+LANES = 64
 # Values added into one lane in the storage dtype before the block is flushed into float64 (the error bound's D).
 DEPTH = 16
 BLOCK = LANES * DEPTH
