@@ -39,6 +39,34 @@ class NormLayer(OpLayer):
         return y
 
 
+class SurrogateNorm(NormLayer):
+    """A normalizer whose paper back-propagates a surrogate (PowerNorm, Unified Norm): ``backward="exact"|"approx"``.
+
+    The exact gradient is the registered op's backward. After a *training* forward with ``backward_kind ==
+    "approx"``, :meth:`approx_backward` runs the paper's rule instead (NumPy only) and updates the buffers it owns;
+    after an eval forward the backward is always exact.
+    """
+
+    backward_kind = "exact"
+    _cache_training = False  # whether the cached forward ran in training mode
+
+    def approx_backward(self, dy):
+        """The paper's rule: return ``(dx, dparams)`` and update the backward's state in ``buffers``."""
+        raise NotImplementedError
+
+    def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        if not (self._cache_training and self.backward_kind == "approx"):
+            return super().backward(dy)
+        if self.cache.backend != "numpy":
+            raise NotImplementedError(f"the approximate backward exists only for the numpy backend, the "
+                                      f"forward ran on {self.cache.backend!r}")
+        dx, dparams = self.approx_backward(dy)
+        self.accumulate_op_grads(dparams)
+        return dx
+
+
 def init_affine(layer: Module, shape: tuple[int, ...], *, gamma: bool, beta: bool, dtype) -> None:
     """PyTorch's initial affine: gamma = 1, beta = 0."""
     if gamma:

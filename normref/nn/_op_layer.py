@@ -58,7 +58,11 @@ class OpLayer(Module):
         if self.cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         dx, *dparams = F.backward(self.op, dy, self.cache)
+        self.accumulate_op_grads(dparams)
+        return dx
+
+    def accumulate_op_grads(self, dparams) -> None:
+        """Add the op's parameter gradients (in ``param_names`` order) into ``grads``, skipping absent ones."""
         for name, grad in zip(self.param_names, dparams):
             if name in self.params:
                 self.accumulate_grad(name, grad)
-        return dx

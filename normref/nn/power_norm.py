@@ -11,7 +11,7 @@ from .. import functional as F
 from .._validate import check_fraction, check_positive_float, check_positive_int
 from ..ops.group_norm import check_groups
 from ..ops.power_norm import check_count, power_norm_backward_approx, update_running_phi
-from ._norm_base import NormLayer, check_channels, init_affine
+from ._norm_base import SurrogateNorm, check_channels, init_affine
 
 BACKWARDS = ("exact", "approx")
 
@@ -23,7 +23,7 @@ def check_backward_choice(backward) -> str:
     return backward
 
 
-class PowerNorm(NormLayer):
+class PowerNorm(SurrogateNorm):
     """Power Normalization (Shen et al. 2020), the official ``MaskPowerNorm`` with an explicit backward choice.
 
     Input ``(N, C, *spatial)``, channel axis 1 (a ``(T, B, C)`` sequence is passed as ``x.transpose(1, 2, 0)``, a
@@ -105,23 +105,11 @@ class PowerNorm(NormLayer):
         self.cache, self._cache_training = cache, self.training
         return y
 
-    def backward(self, dy):
-        if self.cache is None:
-            raise RuntimeError("PowerNorm.backward called before forward")
-        if self._cache_training and self.backward_kind == "approx":
-            if self.cache.backend != "numpy":
-                raise NotImplementedError(f"the approximate backward exists only for the numpy backend, the "
-                                          f"forward ran on {self.cache.backend!r}")
-            dx, dgamma, dbeta, ema_gz = power_norm_backward_approx(dy, self.cache, self.buffers["ema_gz"],
-                                                                   alpha_bkw=self.alpha_bkw)
-            self.buffers["ema_gz"] = ema_gz  # state updated by the backward, kept with the other buffers
-            dparams = (dgamma, dbeta)
-        else:
-            dx, *dparams = F.backward(self.op, dy, self.cache)
-        for name, grad in zip(self.param_names, dparams):
-            if name in self.params:
-                self.accumulate_grad(name, grad)
-        return dx
+    def approx_backward(self, dy):
+        dx, dgamma, dbeta, ema_gz = power_norm_backward_approx(dy, self.cache, self.buffers["ema_gz"],
+                                                               alpha_bkw=self.alpha_bkw)
+        self.buffers["ema_gz"] = ema_gz  # state updated by the backward, kept with the other buffers
+        return dx, (dgamma, dbeta)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "

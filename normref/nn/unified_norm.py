@@ -14,7 +14,7 @@ from .._validate import check_fraction, check_positive_float, check_positive_int
 from ..ops.power_norm import check_count
 from ..ops.unified_norm import (UnifiedNormGradState, UnifiedNormState, initial_grad_state, initial_state,
                                 unified_norm_backward_approx, update_state)
-from ._norm_base import NormLayer, check_channels, init_affine
+from ._norm_base import SurrogateNorm, check_channels, init_affine
 from .power_norm import check_backward_choice
 
 
@@ -28,7 +28,7 @@ def check_window(window_size) -> tuple[int, int]:
                                                                                       "window_size[1]"))
 
 
-class UnifiedNorm(NormLayer):
+class UnifiedNorm(SurrogateNorm):
     """Unified Normalization (Yang et al. 2022), the official ``UN1d`` with an explicit backward choice.
 
     Input ``(N, C, *spatial)``, channel axis 1 (the code's ``(B, T, C)`` is passed as ``x.transpose(0, 2, 1)``);
@@ -108,24 +108,11 @@ class UnifiedNorm(NormLayer):
         self.cache, self._cache_training = cache, self.training
         return y
 
-    def backward(self, dy):
-        if self.cache is None:
-            raise RuntimeError("UnifiedNorm.backward called before forward")
-        if self._cache_training and self.backward_kind == "approx":
-            if self.cache.backend != "numpy":
-                raise NotImplementedError(f"the approximate backward exists only for the numpy backend, the "
-                                          f"forward ran on {self.cache.backend!r}")
-            grad_state = UnifiedNormGradState(self.buffers["ema_gz"], self.buffers["buffer_gz"])
-            dx, dgamma, dbeta, new = unified_norm_backward_approx(dy, self.cache, grad_state,
-                                                                  momentum=self.momentum)
-            self.buffers.update(new._asdict())  # state updated by the backward, kept with the other buffers
-            dparams = (dgamma, dbeta)
-        else:
-            dx, *dparams = F.backward(self.op, dy, self.cache)
-        for name, grad in zip(self.param_names, dparams):
-            if name in self.params:
-                self.accumulate_grad(name, grad)
-        return dx
+    def approx_backward(self, dy):
+        grad_state = UnifiedNormGradState(self.buffers["ema_gz"], self.buffers["buffer_gz"])
+        dx, dgamma, dbeta, new = unified_norm_backward_approx(dy, self.cache, grad_state, momentum=self.momentum)
+        self.buffers.update(new._asdict())  # state updated by the backward, kept with the other buffers
+        return dx, (dgamma, dbeta)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, window_size={self.window_size}, warmup_iters={self.warmup_iters}, "
