@@ -43,11 +43,14 @@ class SurrogateNorm(NormLayer):
     """A normalizer whose paper back-propagates a surrogate (PowerNorm, Unified Norm): ``backward="exact"|"approx"``.
 
     The exact gradient is the registered op's backward. After a *training* forward with ``backward_kind ==
-    "approx"``, :meth:`approx_backward` runs the paper's rule instead (NumPy only) and updates the buffers it owns;
-    after an eval forward the backward is always exact.
+    "approx"``, :meth:`approx_backward` runs the paper's rule instead and updates the buffers it owns; after an eval
+    forward the backward is always exact. The rule runs on NumPy only, unless the layer names an ``approx_op``: a
+    registered op whose backward is the rule, which ``approx_backward`` looks up for the cache's backend (so the
+    registry says where it exists).
     """
 
     backward_kind = "exact"
+    approx_op: str | None = None  # registered op whose backward is the paper's rule (any backend); None: NumPy only
     _cache_training = False  # whether the cached forward ran in training mode
 
     def approx_backward(self, dy):
@@ -59,7 +62,7 @@ class SurrogateNorm(NormLayer):
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         if not (self._cache_training and self.backward_kind == "approx"):
             return super().backward(dy)
-        if self.cache.backend != "numpy":
+        if self.approx_op is None and self.cache.backend != "numpy":
             raise NotImplementedError(f"the approximate backward exists only for the numpy backend, the "
                                       f"forward ran on {self.cache.backend!r}")
         dx, dparams = self.approx_backward(dy)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .._registry import get_impl
 from .._validate import check_fraction, check_positive_float, check_positive_int
 from ..ops.group_norm import check_groups
-from ..ops.power_norm import check_count, power_norm_backward_approx, update_running_phi
+from ..ops.power_norm import check_count, update_running_phi
 from ._norm_base import SurrogateNorm, check_channels, init_affine
 
 BACKWARDS = ("exact", "approx")
@@ -49,7 +50,8 @@ class PowerNorm(SurrogateNorm):
         backward: required, ``"exact"`` (the true gradient of the forward computed, checked by finite
             differences) or ``"approx"`` (the paper's approximate backpropagation, which updates the ``ema_gz``
             buffer at every backward call). In eval the backward is always exact, as in the code (autograd).
-        backend: forward backend; the approximate backward exists only in NumPy.
+        backend: the backend of the forward and of both backwards (the approximate one is the registered op
+            ``"power_norm_approx"``, on "numpy" and "numba"; another backend raises ``NotImplementedError``).
         dtype: dtype of parameters and buffers.
 
     Buffers: ``running_phi`` ``(C,)`` init 1, ``ema_gz`` ``(C,)`` init 0 (the code's ``E``; the paper's
@@ -65,6 +67,7 @@ class PowerNorm(SurrogateNorm):
     """
 
     op = "power_norm"
+    approx_op = "power_norm_approx"  # the surrogate, looked up for the backend the forward ran on
 
     def __init__(self, num_features, eps=1e-5, alpha_fwd=0.9, alpha_bkw=0.9, affine=True, warmup_iters=10000,
                  group_num=1, *, backward, backend=None, dtype=np.float64):
@@ -106,8 +109,8 @@ class PowerNorm(SurrogateNorm):
         return y
 
     def approx_backward(self, dy):
-        dx, dgamma, dbeta, ema_gz = power_norm_backward_approx(dy, self.cache, self.buffers["ema_gz"],
-                                                               alpha_bkw=self.alpha_bkw)
+        rule = get_impl(self.approx_op, self.cache.backend).backward
+        dx, dgamma, dbeta, ema_gz = rule(dy, self.cache, self.buffers["ema_gz"], alpha_bkw=self.alpha_bkw)
         self.buffers["ema_gz"] = ema_gz  # state updated by the backward, kept with the other buffers
         return dx, (dgamma, dbeta)
 

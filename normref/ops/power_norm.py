@@ -329,3 +329,6 @@ def update_running_phi(running_phi, batch_q, *, step, alpha_fwd=0.9, warmup_iter
 
 
 register("power_norm", "numpy", power_norm_forward, power_norm_backward)
+# PowerNorm whose backward is the surrogate: called as get_impl(...).backward(dy, cache, ema_gz, alpha_bkw=...), so
+# that normref.nn.PowerNorm(backward="approx") runs it on the backend the forward ran on.
+register("power_norm_approx", "numpy", power_norm_forward, power_norm_backward_approx)

@@ -4,7 +4,8 @@ Importing this package registers, on the ``"numba"`` backend, ``batch_norm``, ``
 ``instance_norm``, ``rms_norm`` and ``batch_channel_norm`` (a composition of the BatchNorm and GroupNorm kernels),
 and the seed layers whose reductions are hot: ``evonorm_b0`` (column-wise), ``evonorm_s0`` (row-wise, per-channel
 parameters), ``weight_standardization`` and ``scaled_weight_standardization`` (row-wise over the fan-in) and
-``power_norm`` (exact path only: no ``pad_mask``, no surrogate backward; see :mod:`.power_norm`).
+``power_norm`` (with ``pad_mask``; its surrogate backward is the op ``power_norm_approx``; see
+:mod:`.power_norm`).
 :mod:`normref._registry` imports it lazily the first time the backend is asked for.
 
 Two templates carry all five layers:
