@@ -39,6 +39,10 @@ without pickle: arrays as arrays, the structure as a JSON string (Python floats 
 ``resume=True`` the loop continues from it, and 1 epoch + resume + 2 epochs gives the same parameters and history,
 bit for bit, as 3 epochs straight (``tests/test_train.py``).
 
+**BLAS threads.** ``blas_threads=1`` (``normref train --blas-threads 1``) runs the loop with BLAS limited to one
+thread and restores the library's setting afterwards (:mod:`normref.threads`): the products of these small networks
+are 10-80x slower with a multi-threaded OpenBLAS on a few busy cores. The default, ``None``, changes nothing.
+
 **Models.** The networks the ``normref train`` command and the README measurements train come from the model zoo,
 :mod:`normref.models` (MLP, VGG-style CNN, ResNet, Transformer), each with ``norm=`` by name.
 """
@@ -61,6 +65,7 @@ from .nn import (BatchNorm, Conv2d, CrossEntropyLoss, GroupNorm, InstanceNorm, L
 from .nn.batch_channel_norm import BatchChannelNorm
 from .nn.evonorm import EvoNormB0
 from .nn.factory import MoveChannelAxis
+from .threads import blas_threads as limit_blas_threads, check_blas_threads
 
 CHECKPOINT_NAME = "checkpoint.npz"
 CHECKPOINT_VERSION = 1
@@ -314,7 +319,8 @@ def _fingerprint(model: Module) -> list:
 
 def train(model: Module, train_data, optimizer, *, epochs: int, loss_fn=None, schedule=None, batch_size: int = 32,
           seed: int = 0, val_data=None, scale_invariant="auto", checkpoint_dir=None, resume: bool = False,
-          quiet: bool = False, stream=None, on_epoch: Callable | None = None) -> History:
+          quiet: bool = False, stream=None, on_epoch: Callable | None = None,
+          blas_threads: int | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs (in total: a resumed run continues up to ``epochs``).
 
     Args:
@@ -335,11 +341,16 @@ def train(model: Module, train_data, optimizer, *, epochs: int, loss_fn=None, sc
         quiet: no progress bar and no epoch lines. Otherwise the bar is drawn only on a terminal, and a summary line
             per epoch is printed to ``stream`` (stderr).
         on_epoch: called as ``on_epoch(epoch, history)`` after every epoch (after the checkpoint).
+        blas_threads: ``None`` leaves the BLAS library's thread count alone; a positive int limits BLAS to that many
+            threads while the loop runs and restores the previous setting afterwards (:mod:`normref.threads`; on a
+            few shared cores, ``1`` makes the small products of these networks much faster). It is not stored in
+            the checkpoint: a resumed run may use another value.
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be a normref Module, got {type(model).__name__}")
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    n_blas = check_blas_threads(blas_threads)
     loader = train_data if isinstance(train_data, DataLoader) else DataLoader(train_data, batch_size, seed=seed)
     loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
     stream = sys.stderr if stream is None else stream
@@ -378,62 +389,63 @@ def train(model: Module, train_data, optimizer, *, epochs: int, loss_fn=None, sc
         return float(getattr(optimizer, "lr", float("nan")))
 
     show_bar = not quiet and hasattr(stream, "isatty") and stream.isatty()
-    model.train()
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        bar = ProgressBar(len(loader), f"epoch {epoch + 1}/{epochs}", stream=stream, enabled=show_bar)
-        loss_sum, correct, seen, gnorm_sum, steps = 0.0, 0, 0, 0.0, 0
-        for x, y in loader:
-            model.zero_grad()
-            out = model.forward(x)
-            loss = float(loss_fn(out, y))
-            model.backward(loss_fn.backward())
-            gnorm = _grad_norm(model, trained)
-            lr = current_lr()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            c = _accuracy_count(out, y)
-            correct = None if c is None or correct is None else correct + c
-            loss_sum += loss * len(y)
-            seen += len(y)
-            gnorm_sum += gnorm
-            steps += 1
-            history["step_loss"].append(loss)
-            history["step_grad_norm"].append(gnorm)
-            history["step_lr"].append(lr)
-            params = dict(model.named_parameters())
+    with limit_blas_threads(n_blas):  # None: leave the BLAS library's setting alone
+        model.train()
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            bar = ProgressBar(len(loader), f"epoch {epoch + 1}/{epochs}", stream=stream, enabled=show_bar)
+            loss_sum, correct, seen, gnorm_sum, steps = 0.0, 0, 0, 0.0, 0
+            for x, y in loader:
+                model.zero_grad()
+                out = model.forward(x)
+                loss = float(loss_fn(out, y))
+                model.backward(loss_fn.backward())
+                gnorm = _grad_norm(model, trained)
+                lr = current_lr()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                c = _accuracy_count(out, y)
+                correct = None if c is None or correct is None else correct + c
+                loss_sum += loss * len(y)
+                seen += len(y)
+                gnorm_sum += gnorm
+                steps += 1
+                history["step_loss"].append(loss)
+                history["step_grad_norm"].append(gnorm)
+                history["step_lr"].append(lr)
+                params = dict(model.named_parameters())
+                for w in weights:
+                    norm = float(np.linalg.norm(np.ravel(params[w])))
+                    history["step_weight_norm"][w].append(norm)
+                    history["step_effective_lr"][w].append(lr / norm ** 2 if norm > 0 else math.inf)
+                bar.update(1, f"loss {loss_sum / seen:.4f}")
+            history["epoch"].append(epoch + 1)
+            history["train_loss"].append(loss_sum / seen)
+            history["train_acc"].append(None if correct is None else correct / seen)
+            history["grad_norm"].append(gnorm_sum / steps)
+            history["lr"].append(history["step_lr"][-1])
             for w in weights:
-                norm = float(np.linalg.norm(np.ravel(params[w])))
-                history["step_weight_norm"][w].append(norm)
-                history["step_effective_lr"][w].append(lr / norm ** 2 if norm > 0 else math.inf)
-            bar.update(1, f"loss {loss_sum / seen:.4f}")
-        history["epoch"].append(epoch + 1)
-        history["train_loss"].append(loss_sum / seen)
-        history["train_acc"].append(None if correct is None else correct / seen)
-        history["grad_norm"].append(gnorm_sum / steps)
-        history["lr"].append(history["step_lr"][-1])
-        for w in weights:
-            history["weight_norm"][w].append(history["step_weight_norm"][w][-1])
-            history["effective_lr"][w].append(history["step_effective_lr"][w][-1])
-        if val_data is not None:
-            result = evaluate(model, val_data, loss_fn)
-            history["val_loss"].append(result["loss"])
-            history["val_acc"].append(result["accuracy"])
-        history["epoch_seconds"].append(time.perf_counter() - t0)
-        summary = _epoch_summary(history)
-        bar.close(summary)
-        if not quiet and not show_bar:
-            stream.write(f"epoch {epoch + 1}/{epochs} | {summary}\n")
-            stream.flush()
-        if path is not None:
-            save_checkpoint(path, {
-                "version": CHECKPOINT_VERSION, "epoch": epoch + 1, "fingerprint": _fingerprint(model),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "loader": loader.state_dict(), "history": dict(history)})
-        if on_epoch is not None:
-            on_epoch(epoch + 1, history)
+                history["weight_norm"][w].append(history["step_weight_norm"][w][-1])
+                history["effective_lr"][w].append(history["step_effective_lr"][w][-1])
+            if val_data is not None:
+                result = evaluate(model, val_data, loss_fn)
+                history["val_loss"].append(result["loss"])
+                history["val_acc"].append(result["accuracy"])
+            history["epoch_seconds"].append(time.perf_counter() - t0)
+            summary = _epoch_summary(history)
+            bar.close(summary)
+            if not quiet and not show_bar:
+                stream.write(f"epoch {epoch + 1}/{epochs} | {summary}\n")
+                stream.flush()
+            if path is not None:
+                save_checkpoint(path, {
+                    "version": CHECKPOINT_VERSION, "epoch": epoch + 1, "fingerprint": _fingerprint(model),
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "loader": loader.state_dict(), "history": dict(history)})
+            if on_epoch is not None:
+                on_epoch(epoch + 1, history)
     return history
 
 

@@ -6,7 +6,8 @@ Example: ``normref train --model cnn --norm batch --epochs 10 --data digits --ou
 ``transformer`` (token sequences: ``--data tokens``, the synthetic task of :func:`normref.data.make_token_task`). The loop, history
 and checkpoints are :mod:`normref.train`; this module only parses arguments, builds the pieces and reports. With
 ``--out`` it writes ``checkpoint.npz`` after every epoch (``--resume`` continues from it), the final model as
-``model.npz`` (:func:`normref.nn.save_npz`) and ``history.json`` with the test result.
+``model.npz`` (:func:`normref.nn.save_npz`) and ``history.json`` with the test result. ``--blas-threads N`` limits
+BLAS to ``N`` threads during training (``train(..., blas_threads=N)``).
 """
 
 from __future__ import annotations
@@ -39,12 +40,18 @@ def add_parser(sub) -> None:
                         "Transformer: d_model, default 32)")
     p.add_argument("--no-skip", action="store_true",
                    help="resnet only: remove the shortcut connections (the same parameters, a plain network)")
+    p.add_argument("--mask-padding", action="store_true",
+                   help="transformer only: the attention ignores pad tokens as keys (they are always left out of "
+                        "the pooling)")
     p.add_argument("--train-only", choices=("all", "norm-affine"), default="all",
                    help="norm-affine: update only the normalizers' gamma/beta (Frankle et al. 2021)")
     p.add_argument("--seed", type=int, default=0, help="initialization, split and batch-order seed")
     p.add_argument("--out", default=None, help="directory for checkpoint.npz, model.npz and history.json")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    p.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                   help="limit BLAS to N threads while training (default: leave the library's setting; 1 is much "
+                        "faster for these small networks on a few shared cores)")
     p.set_defaults(func=run)
 
 
@@ -87,6 +94,8 @@ def run(args) -> int:
         return fail("--epochs and --batch-size must be at least 1")
     if args.resume and args.out is None:
         return fail("--resume needs --out (the directory holding checkpoint.npz)")
+    if args.blas_threads is not None and args.blas_threads < 1:
+        return fail(f"--blas-threads must be at least 1, got {args.blas_threads}")
     try:
         dataset = _load(args.data, args.model, args.seed)
     except MissingDependencyError as exc:
@@ -95,6 +104,8 @@ def run(args) -> int:
         return fail(f"--model {args.model} needs image data (digits or images), not {args.data}")
     if args.no_skip and args.model != "resnet":
         return fail("--no-skip applies to --model resnet only")
+    if args.mask_padding and args.model != "transformer":
+        return fail("--mask-padding applies to --model transformer only")
     if (args.model == "transformer") != (args.data == "tokens"):
         return fail("--model transformer trains on --data tokens, and token data needs --model transformer")
     splits = train_val_test_split(dataset, val=0.1, test=0.2, seed=args.seed)
@@ -109,7 +120,8 @@ def run(args) -> int:
                 return fail("--widths takes one value for the transformer (d_model)")
             model = build_model("transformer", norm, vocab_size=dataset.info["embedding"].shape[0],
                                 num_classes=dataset.num_classes, max_len=dataset.x.shape[1],
-                                d_model=(args.widths or [32])[0], pad_id=dataset.info["pad_id"], seed=args.seed)
+                                d_model=(args.widths or [32])[0], pad_id=dataset.info["pad_id"],
+                                mask_padding=args.mask_padding, seed=args.seed)
         elif args.model == "resnet":
             model = build_model("resnet", norm, in_channels=dataset.x.shape[1], num_classes=dataset.num_classes,
                                 widths=tuple(args.widths or (16, 32)), skip=not args.no_skip, seed=args.seed)
@@ -140,7 +152,8 @@ def run(args) -> int:
 
     try:
         history = train(model, loader, optimizer, epochs=args.epochs, schedule=schedule, val_data=splits.val,
-                        checkpoint_dir=args.out, resume=args.resume, quiet=args.quiet)
+                        checkpoint_dir=args.out, resume=args.resume, quiet=args.quiet,
+                        blas_threads=args.blas_threads)
     except ValueError as exc:
         return fail(str(exc))
     test = evaluate(model, splits.test)

@@ -9,6 +9,10 @@ ones after one pass that sets the running statistics: a surface costs the same a
 It reports the wall time of a ``size x size`` surface on ``--workers`` processes (default 2: the README's number)
 and, with ``--speedup SIZE``, the time of a smaller surface on 1 worker (in-process, one BLAS thread) and on 2
 worker processes, and their ratio.
+
+BLAS threads: by default every evaluating process uses one (the worker processes always did; the in-process run with
+``--workers 1`` is limited for the duration of the surface and restored after). ``--blas-threads N`` uses ``N``
+instead, everywhere (``surface(..., blas_threads=N)``, see :mod:`normref.landscape.engine`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..nn import BatchNorm, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d
 from .directions import random_directions
 from .objective import Objective
 from .surfaces import surface
+from ..threads import check_blas_threads
 
 
 def digits_cnn(seed=0) -> Sequential:
@@ -43,7 +48,10 @@ def digits_data():
         return rng.uniform(0, 1, (1797, 1, 8, 8)), rng.integers(0, 10, 1797), "synthetic 8x8"
 
 
-def time_surface(size: int, workers: int, *, progress=True) -> float:
+def time_surface(size: int, workers: int, *, progress=True, blas_threads=None) -> float:
+    """Seconds for a ``size x size`` surface on ``workers`` processes; ``blas_threads=None`` means one BLAS thread
+    in every process that evaluates points."""
+    blas_threads = 1 if blas_threads is None else check_blas_threads(blas_threads)
     x, y, _ = digits_data()
     net = digits_cnn()
     net.train()
@@ -52,15 +60,9 @@ def time_surface(size: int, workers: int, *, progress=True) -> float:
     f = Objective(net, CrossEntropyLoss(), x, y, bn="running", batch_size=256)
     dirs = random_directions(f, 2, seed=0)
     grid = np.linspace(-1, 1, size)
-    if workers == 1:
-        try:
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(1)
-        except ImportError:  # pragma: no cover
-            pass
     with tempfile.TemporaryDirectory() as store:
         start = time.perf_counter()
-        surface(f, dirs, grid, grid, workers=workers, store=store, progress=progress)
+        surface(f, dirs, grid, grid, workers=workers, store=store, progress=progress, blas_threads=blas_threads)
         return time.perf_counter() - start
 
 
@@ -70,17 +72,21 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--speedup", type=int, default=0, metavar="SIZE",
                         help="also time a SIZE x SIZE surface on 1 and 2 workers")
+    parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                        help="BLAS threads in every evaluating process (default 1)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.blas_threads is not None and args.blas_threads < 1:
+        parser.error(f"--blas-threads must be at least 1, got {args.blas_threads}")
     _, _, name = digits_data()
     print(f"data: {name}; cores: {os.cpu_count()}; load average: {os.getloadavg()[0]:.2f}")
     if args.size:
-        t = time_surface(args.size, args.workers, progress=not args.quiet)
+        t = time_surface(args.size, args.workers, progress=not args.quiet, blas_threads=args.blas_threads)
         print(f"{args.size}x{args.size} surface on {args.workers} worker(s): {t:.1f} s "
               f"({args.size ** 2 / t:.1f} points/s)")
     if args.speedup:
-        t1 = time_surface(args.speedup, 1, progress=not args.quiet)
-        t2 = time_surface(args.speedup, 2, progress=not args.quiet)
+        t1 = time_surface(args.speedup, 1, progress=not args.quiet, blas_threads=args.blas_threads)
+        t2 = time_surface(args.speedup, 2, progress=not args.quiet, blas_threads=args.blas_threads)
         print(f"{args.speedup}x{args.speedup} surface: 1 worker {t1:.1f} s, 2 workers {t2:.1f} s, "
               f"speed-up {t1 / t2:.2f}x")
 

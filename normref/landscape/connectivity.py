@@ -132,7 +132,7 @@ class Interpolation(NamedTuple):
 
 
 def interpolate(objective: Objective, a, b, alphas=np.linspace(0, 1, 25), *, bn, buffers_a=None, buffers_b=None,
-                store=None, executor=None, workers=None, progress=True) -> Interpolation:
+                store=None, executor=None, workers=None, progress=True, blas_threads=None) -> Interpolation:
     """Evaluate the straight line from ``a`` to ``b`` (extrapolation allowed: alphas outside [0, 1]).
 
     Args:
@@ -159,7 +159,7 @@ def interpolate(objective: Objective, a, b, alphas=np.linspace(0, 1, 25), *, bn,
             "b": _fingerprint(theta_b)}
     rows = run_points(InterpolationLoss(objective, theta_a, theta_b, buffers_a, buffers_b, bn),
                       [(x,) for x in alphas], store=store, meta=meta, executor=executor, workers=workers,
-                      progress=progress, label=f"interpolation ({bn})")
+                      progress=progress, label=f"interpolation ({bn})", blas_threads=blas_threads)
     values = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     if "accuracy" in values:
         values["error"] = 1.0 - values["accuracy"]

@@ -30,6 +30,15 @@ every task (an objective drops its forward caches before pickling, so this is ab
 parameters); each worker thread unpickles its own copy once and reuses it, so threads never share a model (layers
 keep per-call caches, so one model is not thread-safe). The caller owns an executor it passes in.
 
+BLAS threads
+------------
+``blas_threads=N`` limits BLAS to ``N`` threads (:mod:`normref.threads`) everywhere the points are evaluated: in this
+process for the duration of the call (restored afterwards; this covers ``workers=1`` and thread pools, whose threads
+share this process's BLAS), in every worker process of the default pool (set by the pool initializer), and, with a
+user-supplied executor, in each worker the first time it runs a task of the call (a remote worker keeps the setting;
+it is its own process). ``blas_threads=None`` (the default) changes nothing, except that the default pool's workers
+keep their one thread each, as above. The setting is not part of the stored ``meta``: a resumed run may use another.
+
 Progress goes to stderr (``progress=False`` for quiet): a line at most every two seconds with the count, the rate
 and the remaining-time estimate.
 """
@@ -47,17 +56,16 @@ import threading
 import time
 from pathlib import Path
 
+from ..threads import blas_threads as limit_blas_threads, check_blas_threads, set_blas_threads
+
 _WORKER_FN = None
 
 
-def _worker_init(payload: bytes) -> None:
+def _worker_init(payload: bytes, blas_threads=None) -> None:
     global _WORKER_FN
     _WORKER_FN = pickle.loads(payload)
-    try:  # one BLAS thread per worker process: the processes are the parallelism
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover - threadpoolctl is optional
-        pass
+    # one BLAS thread per worker process unless told otherwise: the processes are the parallelism
+    set_blas_threads(1 if blas_threads is None else blas_threads)
 
 
 def _call_installed(index, point):
@@ -67,9 +75,10 @@ def _call_installed(index, point):
 _LOCAL = threading.local()
 
 
-def _call_payload(digest, payload, index, point):
+def _call_payload(digest, payload, index, point, blas_threads=None):
     """Run a task of a user-supplied executor: the function is unpickled once per worker thread (so threads never
-    share one model, whose layers keep caches) and reused for that thread's later tasks."""
+    share one model, whose layers keep caches) and reused for that thread's later tasks; ``blas_threads`` (not
+    ``None``) is applied at the same moment, once per worker thread and call."""
     cache = getattr(_LOCAL, "functions", None)
     if cache is None:
         cache = _LOCAL.functions = {}
@@ -77,6 +86,7 @@ def _call_payload(digest, payload, index, point):
     if fn is None:
         cache.clear()
         fn = cache[digest] = pickle.loads(payload)
+        set_blas_threads(blas_threads)
     return index, fn(point)
 
 
@@ -160,7 +170,7 @@ class Progress:
 
 
 def run_points(fn, points, *, store=None, meta=None, executor=None, workers=None, progress=True,
-               label="points") -> list[dict]:
+               label="points", blas_threads=None) -> list[dict]:
     """Evaluate ``fn`` at every point; return the value dicts in point order.
 
     Args:
@@ -171,7 +181,10 @@ def run_points(fn, points, *, store=None, meta=None, executor=None, workers=None
         executor: any :class:`concurrent.futures.Executor`; ``None`` makes a local process pool (see above).
         workers: size of the default pool (ignored with an ``executor``); 1 runs in this process.
         progress: progress lines on stderr.
+        blas_threads: ``None`` or a positive int: limit BLAS to that many threads here and in the workers (see
+            the module docstring).
     """
+    blas_threads = check_blas_threads(blas_threads)
     points = [tuple(float(c) for c in p) if hasattr(p, "__iter__") else (float(p),) for p in points]
     results: dict[int, dict] = {}
     point_store = None
@@ -190,18 +203,21 @@ def run_points(fn, points, *, store=None, meta=None, executor=None, workers=None
 
     if todo:
         workers = (os.cpu_count() or 1) if workers is None else int(workers)
-        if executor is None and workers <= 1:
-            for i in todo:
-                record(i, fn(points[i]))
-        elif executor is None:
-            payload = pickle.dumps(fn)
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_worker_init,
-                                        initargs=(payload,)) as pool:
-                _drain(pool, [pool.submit(_call_installed, i, points[i]) for i in todo], record)
-        else:
-            payload = pickle.dumps(fn)
-            digest = hashlib.sha256(payload).hexdigest()
-            _drain(executor, [executor.submit(_call_payload, digest, payload, i, points[i]) for i in todo], record)
+        with limit_blas_threads(blas_threads):
+            if executor is None and workers <= 1:
+                for i in todo:
+                    record(i, fn(points[i]))
+            elif executor is None:
+                payload = pickle.dumps(fn)
+                with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_worker_init,
+                                            initargs=(payload, blas_threads)) as pool:
+                    _drain(pool, [pool.submit(_call_installed, i, points[i]) for i in todo], record)
+            else:
+                payload = pickle.dumps(fn)
+                # the digest names this call (function and setting): each worker thread applies the setting once
+                digest = hashlib.sha256(payload + repr(blas_threads).encode()).hexdigest()
+                _drain(executor, [executor.submit(_call_payload, digest, payload, i, points[i], blas_threads)
+                                  for i in todo], record)
     return [results[i] for i in range(len(points))]
 
 

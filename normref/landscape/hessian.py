@@ -169,7 +169,7 @@ class _Probe:
 
 
 def hutchinson_trace(objective: Objective, n=32, *, theta=None, method="auto", block=None, seed=0, store=None,
-                     executor=None, workers=1, progress=False) -> Trace:
+                     executor=None, workers=1, progress=False, blas_threads=None) -> Trace:
     """Hutchinson's trace estimate with ``n`` Rademacher probes (independent points: any executor, resumable)."""
     theta = objective.theta0 if theta is None else np.asarray(theta, dtype=np.float64)
     method = objective._resolve_method(method)
@@ -177,7 +177,8 @@ def hutchinson_trace(objective: Objective, n=32, *, theta=None, method="auto", b
     meta = {"kind": "hutchinson", "objective": objective.describe(), "theta": _fingerprint(theta), "seed": seed,
             "method": method, "block": None if index is None else _fingerprint(index)}
     rows = run_points(_Probe(objective, theta, method, index, seed), [(i,) for i in range(int(n))], store=store,
-                      meta=meta, executor=executor, workers=workers, progress=progress, label="hutchinson")
+                      meta=meta, executor=executor, workers=workers, progress=progress, label="hutchinson",
+                      blas_threads=blas_threads)
     samples = np.array([r["vHv"] for r in rows])
     stderr = float(samples.std(ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else float("nan")
     return Trace(float(samples.mean()), stderr, samples, method)
@@ -240,7 +241,7 @@ class SLQ(NamedTuple):
 
 
 def slq(objective: Objective, m=80, n_v=4, *, theta=None, method="auto", block=None, seed=0, store=None,
-        executor=None, workers=1, progress=False) -> SLQ:
+        executor=None, workers=1, progress=False, blas_threads=None) -> SLQ:
     """SLQ with ``n_v`` runs of ``m`` Lanczos steps (independent runs: any executor, resumable)."""
     theta = objective.theta0 if theta is None else np.asarray(theta, dtype=np.float64)
     method = objective._resolve_method(method)
@@ -248,7 +249,8 @@ def slq(objective: Objective, m=80, n_v=4, *, theta=None, method="auto", block=N
     meta = {"kind": "slq", "objective": objective.describe(), "theta": _fingerprint(theta), "seed": seed, "m": m,
             "method": method, "block": None if index is None else _fingerprint(index)}
     rows = run_points(_SLQRun(objective, theta, method, index, seed, int(m)), [(r,) for r in range(int(n_v))],
-                      store=store, meta=meta, executor=executor, workers=workers, progress=progress, label="SLQ")
+                      store=store, meta=meta, executor=executor, workers=workers, progress=progress, label="SLQ",
+                      blas_threads=blas_threads)
     nodes = [np.array([r[f"node{i}"] for i in range(len(r) // 2)]) for r in rows]
     weights = [np.array([r[f"weight{i}"] for i in range(len(r) // 2)]) for r in rows]
     return SLQ(nodes, weights, int(m), method)

@@ -115,7 +115,7 @@ class Surface:
 
 
 def surface(objective: Objective, directions, x, y=None, *, center=None, store=None, executor=None, workers=None,
-            progress=True) -> Surface:
+            progress=True, blas_threads=None) -> Surface:
     """Evaluate the objective on a line (one direction, ``y=None``) or a plane (two directions).
 
     Args:
@@ -123,7 +123,7 @@ def surface(objective: Objective, directions, x, y=None, *, center=None, store=N
         directions: :class:`Directions`, :class:`PCAPlane` or an array ``(k, P)`` / ``(P,)``.
         x, y: coordinate arrays (or ``(min, max, num)``).
         center: the origin (default ``objective.theta0``).
-        store, executor, workers, progress: see :func:`normref.landscape.engine.run_points`.
+        store, executor, workers, progress, blas_threads: see :func:`normref.landscape.engine.run_points`.
 
     Examples:
         >>> from normref.nn import CrossEntropyLoss, Linear, Sequential, Tanh
@@ -150,7 +150,7 @@ def surface(objective: Objective, directions, x, y=None, *, center=None, store=N
     meta = {"kind": f"surface{len(axes)}d", "objective": objective.describe(), "directions": settings,
             "center": _fingerprint(center), "vectors": _fingerprint(vectors)}
     rows = run_points(PointLoss(objective, center, vectors), points, store=store, meta=meta, executor=executor,
-                      workers=workers, progress=progress, label=f"{len(axes)}D surface")
+                      workers=workers, progress=progress, label=f"{len(axes)}D surface", blas_threads=blas_threads)
     values = {k: np.array([r[k] for r in rows]).reshape(shape) for k in rows[0]}
     result = Surface(axes, values, center, vectors, meta)
     if store is not None:
@@ -180,7 +180,7 @@ class BandLoss:
 
 def direction_band(objective: Objective, x, *, seeds, quantiles=(0.1, 0.5, 0.9), norm="filter", bias="zero",
                    norm_params="zero", center=None, store=None, executor=None, workers=None,
-                   progress=True) -> Band:
+                   progress=True, blas_threads=None) -> Band:
     """1D lines along one random direction per seed; quantiles over seeds at every ``x`` (median and 10-90 %)."""
     seeds = tuple(int(s) for s in seeds)
     if len(seeds) < 2:
@@ -193,7 +193,7 @@ def direction_band(objective: Objective, x, *, seeds, quantiles=(0.1, 0.5, 0.9),
     meta = {"kind": "band", "objective": objective.describe(), "seeds": list(seeds), "norm": norm, "bias": bias,
             "norm_params": norm_params, "center": _fingerprint(center)}
     rows = run_points(BandLoss(objective, center, vectors), points, store=store, meta=meta, executor=executor,
-                      workers=workers, progress=progress, label="direction band")
+                      workers=workers, progress=progress, label="direction band", blas_threads=blas_threads)
     values = {k: np.array([r[k] for r in rows]).reshape(len(seeds), len(xs)) for k in rows[0]}
     qs = {float(q): {k: np.quantile(v, q, axis=0) for k, v in values.items()} for q in quantiles}
     return Band(xs, values, qs, seeds)

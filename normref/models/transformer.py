@@ -27,10 +27,16 @@ residual stream, and a final normalizer precedes the head. Layout is channels la
   PowerNorm and Unified Norm use their **exact** gradients here (the factory's default), so whole-model gradient
   checks apply; pass ``norm_options={"backward": "approx"}`` for the papers' surrogates.
 
-**Decisions.** Padding: normref's attention has a causal mask but no key-padding mask, so pad positions are ordinary
-tokens for the attention and for the batch statistics (the official PowerNorm code excludes them from the statistic;
-``MoveChannelAxis`` passes no mask); only the pooling skips them, which keeps the classification independent of the
-pad count. Initialization: token and learned position tables ``N(0, 1)`` (PyTorch's ``nn.Embedding``), attention and
+**Decisions.** Padding: the pooling always skips the pad positions (``valid``, from ``pad_id`` or given). With
+``mask_padding=True`` the attention of every block ignores them as keys too (the attention op's
+``key_padding_mask = ~valid``, PyTorch's ``src_key_padding_mask``): a real position then never reads a pad position,
+so with a per-position normalizer (LayerNorm, RMSNorm, DyT) the logits of a sequence do not depend on how many pads
+follow it or on what the pad positions hold. Pad positions still compute their own outputs (attending to the real
+keys), which nothing reads. The default, ``mask_padding=False``, keeps the earlier behaviour (pads are attended to
+like ordinary tokens), so results computed before the option existed are unchanged. Either way pad positions enter
+the batch statistics of BatchNorm-type normalizers (``MoveChannelAxis`` passes no mask; the official PowerNorm code
+excludes them from its statistic), so with those normalizers padding still reaches the real positions.
+Initialization: token and learned position tables ``N(0, 1)`` (PyTorch's ``nn.Embedding``), attention and
 linear layers as their normref/PyTorch defaults. No dropout: the model is for gradient checks, landscapes and small
 runs.
 
@@ -158,9 +164,13 @@ class PreNormBlock(Module):
                                           make_activation(activation), Linear(hidden, dim, bias=bias, rng=rng,
                                                                               dtype=dtype))
 
-    def forward(self, x):
+    def __call__(self, x, key_padding_mask=None):
+        return self.forward(x, key_padding_mask)
+
+    def forward(self, x, key_padding_mask=None):
+        """``key_padding_mask``: boolean ``(B, T)``, ``True`` = a pad key the attention ignores (None: none)."""
         c = self.children
-        a = x + c["attn"].forward(c["norm1"].forward(x))
+        a = x + c["attn"].forward(c["norm1"].forward(x), key_padding_mask)
         return a + c["mlp"].forward(c["norm2"].forward(a))
 
     def backward(self, dy):
@@ -179,7 +189,8 @@ class TransformerClassifier(Module):
     Children, in flat-parameter order: ``token_embedding``, ``position``, ``blocks`` (a Sequential of
     :class:`PreNormBlock`), ``norm``, ``pool``, ``head``.
 
-    ``forward(x, valid=None)``:
+    ``forward(x, valid=None)`` (``valid``: boolean ``(B, T)``, ``True`` at the real, non-pad positions; the pooling
+    averages over them and, with ``mask_padding``, the attention ignores the others as keys):
 
     * ``x`` integer token ids ``(B, T)``: embedded by ``token_embedding``; ``valid`` defaults to ``x != pad_id``
       (all positions when ``pad_id`` is None). ``backward`` then returns ``None`` (ids have no gradient) after
@@ -192,8 +203,9 @@ class TransformerClassifier(Module):
     def __init__(self, vocab_size: int, num_classes: int, max_len: int, *, d_model: int = 16, num_heads: int = 2,
                  num_layers: int = 2, mlp_ratio: int = 2, norm="layer", positions: str = "learned",
                  activation: str = "gelu", pad_id=None, causal: bool = False, bias: bool = True, norm_options=None,
-                 seed: int = 0, dtype=np.float64):
+                 mask_padding: bool = False, seed: int = 0, dtype=np.float64):
         super().__init__()
+        self.mask_padding = bool(mask_padding)
         self.vocab_size = check_positive_int(vocab_size, "vocab_size")
         self.d_model = check_positive_int(d_model, "d_model")
         num_layers = check_positive_int(num_layers, "num_layers")
@@ -234,7 +246,16 @@ class TransformerClassifier(Module):
             self._input_was_tokens = False
         else:
             raise TypeError(f"x must be integer token ids or float embeddings, got dtype {x.dtype}")
-        h = c["blocks"].forward(c["position"].forward(h))
+        key_padding_mask = None
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            if valid.shape != h.shape[:2]:
+                raise ValueError(f"valid must have shape {h.shape[:2]} (B, T), got {valid.shape}")
+            if self.mask_padding:
+                key_padding_mask = ~valid
+        h = c["position"].forward(h)
+        for block in c["blocks"]:  # the blocks' Sequential runs the backward
+            h = block.forward(h, key_padding_mask)
         return c["head"].forward(c["pool"].forward(c["norm"].forward(h), valid))
 
     def backward(self, dy):
@@ -256,7 +277,8 @@ class TransformerClassifier(Module):
 def build_transformer(vocab_size: int, num_classes: int, max_len: int, norm="layer", *, d_model: int = 16,
                       num_heads: int = 2, num_layers: int = 2, mlp_ratio: int = 2, positions: str = "learned",
                       activation: str = "gelu", pad_id=None, causal: bool = False, bias: bool = True,
-                      norm_options=None, seed: int = 0, dtype=np.float64) -> TransformerClassifier:
+                      norm_options=None, mask_padding: bool = False, seed: int = 0,
+                      dtype=np.float64) -> TransformerClassifier:
     """A :class:`TransformerClassifier`; ``norm`` is any normref normalizer name (``"layer"``, ``"rms"``,
     ``"batch"``, ``"power"``, ``"unified"``, ``"dyt"``, ...) or None.
 
@@ -266,6 +288,8 @@ def build_transformer(vocab_size: int, num_classes: int, max_len: int, norm="lay
         positions: ``"learned"`` or ``"sinusoidal"``.
         activation: the MLP's nonlinearity (``"gelu"``, exact; ``"gelu_tanh"``, ``"relu"``, ...).
         pad_id: this token is skipped by the pooling (see the module docstring for what else sees it).
+        mask_padding: the attention ignores pad positions as keys (``key_padding_mask = ~valid``; default False,
+            the earlier behaviour: pads are attended to).
         causal: position ``i`` attends to ``j <= i`` only.
         bias: biases in the attention and MLP projections. With ``norm="batch"`` (or any normalizer that centers
             each channel over the batch) in every position of the network, the biases that add to the residual
@@ -285,4 +309,4 @@ def build_transformer(vocab_size: int, num_classes: int, max_len: int, norm="lay
     return TransformerClassifier(vocab_size, num_classes, max_len, d_model=d_model, num_heads=num_heads,
                                  num_layers=num_layers, mlp_ratio=mlp_ratio, norm=norm, positions=positions,
                                  activation=activation, pad_id=pad_id, causal=causal, bias=bias,
-                                 norm_options=norm_options, seed=seed, dtype=dtype)
+                                 norm_options=norm_options, mask_padding=mask_padding, seed=seed, dtype=dtype)

@@ -1,4 +1,4 @@
-r"""Multi-head self-attention (Vaswani et al. 2017) with an optional causal mask, and its full backward.
+r"""Multi-head self-attention (Vaswani et al. 2017) with optional causal and key-padding masks, and its full backward.
 
 Shapes (batch first): ``x`` is ``(N, T, E)``; ``H`` heads of size ``D = E/H``. Parameters in PyTorch's
 ``nn.MultiheadAttention`` layout: ``in_proj_weight`` ``(3E, E)`` and ``in_proj_bias`` ``(3E,)`` (rows ``[0, E)`` make
@@ -22,8 +22,42 @@ node  value                                        shape         local gradient 
 
 ``m`` is the row maximum of ``Re S`` over the allowed entries. It is treated as a constant: softmax is invariant to a
 per-row shift, so the gradient through ``m`` is exactly zero (it only prevents overflow, and under the complex step it
-stays real, which keeps the forward analytic). The causal mask allows ``j <= i`` (a query attends to itself and to
-earlier positions); masked entries have ``e = 0``, hence ``P = 0`` and ``dS = 0``, so no gradient flows through them.
+stays real, which keeps the forward analytic).
+
+Masks
+-----
+An entry ``(i, j)`` (query ``i``, key ``j``) is *allowed* unless a mask removes it:
+
+* ``causal=True`` removes ``j > i`` (a query attends to itself and to earlier positions), the ``(T, T)`` mask
+  :func:`causal_mask`;
+* ``key_padding_mask``, boolean ``(N, T)`` in PyTorch's convention (``nn.MultiheadAttention``,
+  ``nn.TransformerEncoder``'s ``src_key_padding_mask``): ``True`` marks key ``j`` of sequence ``n`` as padding, and
+  no query of that sequence attends to it. Only boolean masks are accepted (PyTorch also takes additive float masks).
+
+Both together allow ``(j <= i) and not pad[n, j]``: the ``allowed`` array is ``(T, T)``, ``(N, 1, 1, T)`` or
+``(N, 1, T, T)``, broadcast over the heads.
+
+*How masked entries are removed.* Not by adding ``-inf`` or a large negative number to ``S``: the masked entries are
+left out of the maximum, of ``exp`` and of the sum (node 4: ``e = 0`` exactly), so their weights are exactly 0 in
+any precision and the forward stays analytic for the complex step. The additive forms differ only in the corner
+case below, where both go wrong: ``-inf`` makes a row with no allowed key ``0/0 = NaN`` (PyTorch 2.13's
+``nn.MultiheadAttention`` returns NaN there on its eval fast path), and a large negative constant makes it a
+uniform average over the padding (finite, but the padding's values leak into the output).
+
+*A query with no allowed key* (a sequence that is all padding; or, with ``causal``, a query at a padded position
+that precedes every real token) is defined to have all weights 0: ``P_i = 0``, ``O_i = 0``, so the output there is
+``y_i = b_out`` (zero without the bias). This is what PyTorch 2.13 returns from
+``F.scaled_dot_product_attention`` with a boolean mask (its math kernel's "safe softmax") and from
+``nn.MultiheadAttention`` in training mode (checked in ``tests/test_attention_mask.py``). Such rows are found
+before the softmax and computed with every entry allowed (a finite, discarded value), then multiplied by 0.
+
+Backward through the masks. A masked entry has ``e_ij = 0`` whatever ``S_ij`` is, so node 4's local derivative is 0
+there: ``dS_ij = e_ij de_ij = 0``; in the fused form below ``dS_ij = P_ij (dP_ij - δ_i) = 0`` because
+``P_ij = 0``. For a row with no allowed key ``P_i ≡ 0`` is a constant, so its whole ``dS_i`` is 0 (and
+``δ_i = dO_i · O_i = 0``). Consequences, through nodes 3 and 7: a padded key ``j`` gets
+``dk_j = s Σ_i dS_ij q_i = 0`` and ``dv_j = Σ_i P_ij dO_i = 0``, so the input at a padded position receives
+gradient only through its own query (``dx_j = dq_j W_q``); and changing the input at padded positions changes the
+output only at those positions (through their own queries), never at an unpadded one.
 
 Fused softmax backward
 ----------------------
@@ -39,7 +73,7 @@ Moreover :math:`\sum_j dP_{ij} P_{ij} = \sum_j (dO_i \cdot v_j) P_{ij} = dO_i \c
 5, 4 one by one. Tutorial 10 checks both against each other and against finite differences.
 
 Complex step: the forward uses products, sums, ``exp`` and a division only, with the real shift ``m``: analytic.
-Deviations from PyTorch: no dropout on the attention weights, no key-padding mask, self-attention only.
+Deviations from PyTorch: no dropout on the attention weights, self-attention only, boolean masks only.
 """
 
 from __future__ import annotations
@@ -62,8 +96,8 @@ class AttentionCache(NamedTuple):
     k: np.ndarray  # (N, H, T, D)
     v: np.ndarray  # (N, H, T, D)
     scores: np.ndarray  # (N, H, T, T) S = s·q kᵀ before the mask (kept for the staged backward)
-    mask: np.ndarray | None  # (T, T) allowed entries (causal), or None
-    p: np.ndarray  # (N, H, T, T) attention weights, 0 on masked entries
+    mask: np.ndarray | None  # allowed entries, (T, T), (N, 1, 1, T) or (N, 1, T, T); None: all allowed
+    p: np.ndarray  # (N, H, T, T) attention weights, 0 on masked entries and in rows with no allowed key
     o_merged: np.ndarray  # (N, T, E) heads concatenated, before the output projection
     has_in_bias: bool
     has_out_bias: bool
@@ -77,6 +111,31 @@ def causal_mask(t: int) -> np.ndarray:
     return np.tril(np.ones((t, t), dtype=bool))
 
 
+def check_key_padding_mask(key_padding_mask, n: int, t: int):
+    """``None`` or a boolean ``(N, T)`` array (``True`` = padding); else a ``TypeError``/``ValueError`` naming it."""
+    if key_padding_mask is None:
+        return None
+    if not isinstance(key_padding_mask, np.ndarray):
+        raise TypeError(f"key_padding_mask must be None or a boolean numpy.ndarray of shape (N, T) = ({n}, {t}), "
+                        f"got {type(key_padding_mask).__name__}")
+    if key_padding_mask.dtype != np.bool_:
+        raise TypeError(f"key_padding_mask must have dtype bool (True = this key is padding), got "
+                        f"{key_padding_mask.dtype}; for token ids use tokens == pad_id")
+    if key_padding_mask.shape != (n, t):
+        raise ValueError(f"key_padding_mask must have shape (N, T) = ({n}, {t}) like x's first two axes, got "
+                         f"{key_padding_mask.shape}")
+    return key_padding_mask
+
+
+def allowed_entries(t: int, causal: bool, key_padding_mask=None):
+    """The allowed ``(query, key)`` entries for ``causal`` and a validated ``key_padding_mask`` (``None``: all)."""
+    allowed = causal_mask(t) if causal else None
+    if key_padding_mask is not None:
+        keys = ~key_padding_mask[:, None, None, :]  # (N, 1, 1, T)
+        allowed = keys if allowed is None else keys & allowed  # (N, 1, T, T) with both
+    return allowed
+
+
 def _split_heads(a, h):
     n, t, e = a.shape
     return a.reshape(n, t, h, e // h).transpose(0, 2, 1, 3)  # (N, H, T, D)
@@ -88,7 +147,7 @@ def _merge_heads(a):
 
 
 def multihead_attention_forward(x, in_proj_weight, in_proj_bias=None, out_proj_weight=None, out_proj_bias=None, *,
-                                num_heads, causal=False):
+                                num_heads, causal=False, key_padding_mask=None):
     """Multi-head self-attention of ``x``.
 
     Args:
@@ -97,6 +156,8 @@ def multihead_attention_forward(x, in_proj_weight, in_proj_bias=None, out_proj_w
         out_proj_weight: ``(E, E)`` (required); out_proj_bias: ``(E,)`` or ``None``.
         num_heads: ``H``, dividing ``E``.
         causal: mask out keys after the query (``j > i``).
+        key_padding_mask: ``None`` or boolean ``(N, T)``, ``True`` where the key is padding (PyTorch's convention);
+            see the module docstring, also for a query left with no key.
 
     Returns:
         ``(y, cache)``, ``y`` of shape ``(N, T, E)`` in ``x``'s dtype.
@@ -114,14 +175,20 @@ def multihead_attention_forward(x, in_proj_weight, in_proj_bias=None, out_proj_w
     b_in = cast_like(x, check_param(in_proj_bias, "in_proj_bias", (3 * e,)))
     w_out = cast_like(x, check_param(out_proj_weight, "out_proj_weight", (e, e)))
     b_out = cast_like(x, check_param(out_proj_bias, "out_proj_bias", (e,)))
+    key_padding_mask = check_key_padding_mask(key_padding_mask, n, t)
 
     qkv = x @ w_in.T  # node 1: (N, T, 3E)
     if b_in is not None:
         qkv = qkv + b_in
     q, k, v = (_split_heads(qkv[..., i * e:(i + 1) * e], h) for i in range(3))  # node 2: (N, H, T, D) each
     scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(e // h))  # node 3: (N, H, T, T)
-    mask = causal_mask(t) if causal else None
-    p = softmax(scores, axis=-1, where=mask)  # nodes 4-6
+    mask = allowed_entries(t, causal, key_padding_mask)
+    if mask is None:
+        p = softmax(scores, axis=-1)  # nodes 4-6
+    else:
+        has_key = mask.any(axis=-1, keepdims=True)  # rows with at least one allowed key
+        # nodes 4-6; a row with no allowed key is computed unmasked (finite) and then set to 0 (module docstring)
+        p = softmax(scores, axis=-1, where=mask | ~has_key) * has_key
     o_merged = _merge_heads(p @ v)  # node 7: (N, T, E)
     y = o_merged @ w_out.T  # node 8
     if b_out is not None:
@@ -138,10 +205,13 @@ def _softmax_vjp_fused(dp, do, cache):
 
 def _softmax_vjp_staged(dp, do, cache):
     allowed = np.ones(cache.p.shape[-2:], dtype=bool) if cache.mask is None else cache.mask
+    has_key = allowed.any(axis=-1, keepdims=True)  # rows with no allowed key have P = 0, a constant: dS = 0
     scores = cache.scores
     m = np.where(allowed, scores.real, -np.inf).max(axis=-1, keepdims=True)  # a constant (see the docstring)
+    m = np.where(has_key, m, 0.0)
     e = np.where(allowed, np.exp(np.where(allowed, scores - m, 0)), 0)  # node 4: (N, H, T, T)
     z = e.sum(axis=-1, keepdims=True)  # node 5: (N, H, T, 1)
+    z = np.where(has_key, z, 1.0)  # an empty row has e = 0: any nonzero z gives its dS = e de = 0
     de = dp / z  # node 6: P = e / z
     dz = -(dp * e).sum(axis=-1, keepdims=True) / (z * z)
     de = de + dz  # node 5: z = sum_j e (dz reaches every e_ij of the row)

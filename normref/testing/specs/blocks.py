@@ -10,6 +10,8 @@ Two blocks are not maps ``x -> y`` of float arrays, so they are checked through 
 * :class:`EmbeddingProbe`: a fixed integer batch of tokens plus a float input, ``y = embedding(tokens) + x`` (a
   token embedding plus a given position embedding, as at a Transformer's input). ``x`` gets ``dx = dy``; the weight
   gets the scatter-add being checked.
+* :class:`PaddedAttentionProbe`: self-attention with a fixed key-padding mask (:func:`padding_mask`), which covers
+  trailing and leading padding, queries left with no key (causal + leading padding) and an all-padding sequence.
 * :class:`LossProbe`: a loss with fixed targets, ``y = loss(x, targets)`` as a ``(1,)`` array, so the checker's random
   ``dy`` plays ``dloss``.
 
@@ -59,6 +61,43 @@ class EmbeddingProbe(Module):
     def backward(self, dy):
         self.children["embedding"].backward(dy)
         return dy
+
+
+def padding_mask(shape) -> np.ndarray:
+    """A boolean ``(N, T)`` key-padding mask for an ``(N, T, E)`` input: sequence 0 padded after its first half,
+    sequence 1 padded at its first two positions (with a causal mask its first two queries have no key), sequence 2
+    all padding, the rest none."""
+    n, t = shape[:2]
+    mask = np.zeros((n, t), dtype=bool)
+    mask[0, t // 2 + 1:] = True
+    if n > 1:
+        mask[1, :2] = True
+    if n > 2:
+        mask[2] = True
+    return mask
+
+
+class PaddedAttentionProbe(Module):
+    """``y = attention(x, key_padding_mask=padding_mask(x.shape))`` with a fixed mask; ``backend`` is the layer's."""
+
+    def __init__(self, shape, affine, causal=False):
+        super().__init__()
+        self.key_padding_mask = padding_mask(shape)
+        self.children["attn"] = nn.MultiheadSelfAttention(shape[-1], 2, bias=affine, causal=causal, rng=0)
+
+    @property
+    def backend(self):
+        return self.children["attn"].backend
+
+    @backend.setter
+    def backend(self, value):
+        self.children["attn"].backend = value
+
+    def forward(self, x):
+        return self.children["attn"].forward(x, self.key_padding_mask)
+
+    def backward(self, dy):
+        return self.children["attn"].backward(dy)
 
 
 class LossProbe(Module):
@@ -177,6 +216,12 @@ SPECS = [
     LayerSpec(name="MultiheadSelfAttention-causal", op="multihead_attention",
               make=lambda s, a: nn.MultiheadSelfAttention(s[-1], 3, bias=a, causal=True, rng=0),
               shapes=((2, 4, 6), (1, 3, 3)), modes=TRAIN, make_input=normal_input, citation="Vaswani et al. 2017"),
+    LayerSpec(name="MultiheadSelfAttention-padded", op="multihead_attention",
+              make=lambda s, a: PaddedAttentionProbe(s, a), shapes=((3, 5, 4), (2, 4, 6)), modes=TRAIN,
+              make_input=normal_input, citation="Vaswani et al. 2017; key_padding_mask as in PyTorch"),
+    LayerSpec(name="MultiheadSelfAttention-causal-padded", op="multihead_attention",
+              make=lambda s, a: PaddedAttentionProbe(s, a, causal=True), shapes=((3, 5, 4), (2, 4, 6)),
+              modes=TRAIN, make_input=normal_input, citation="Vaswani et al. 2017; key_padding_mask as in PyTorch"),
     LayerSpec(name="CrossEntropyLoss", op="cross_entropy", make=_cross_entropy, shapes=((4, 5), (1, 3), (6, 2)),
               modes=TRAIN, affine=NO_SWITCH, make_input=lambda rng, s: 3.0 * rng.standard_normal(s)),
     LayerSpec(name="CrossEntropyLoss-none", op="cross_entropy", make=lambda s, a: _cross_entropy(s, a, "none"),
