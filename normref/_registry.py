@@ -24,9 +24,11 @@ import importlib
 import os
 from typing import Callable, NamedTuple
 
-BACKENDS = ("numpy", "numba", "cuda")
+BACKENDS = ("numpy", "numba", "numba-fast", "cuda")
 # Where each non-reference backend's kernels live; importing the package registers its implementations.
-_KERNEL_PACKAGES = {"numba": "normref.kernels.numba_cpu", "cuda": "normref.kernels.cuda"}
+# "numba-fast" is "numba" with reassociated (vectorized) sums: its own name, so the checked path never changes.
+_KERNEL_PACKAGES = {"numba": "normref.kernels.numba_cpu", "numba-fast": "normref.kernels.numba_fast",
+                    "cuda": "normref.kernels.cuda"}
 
 
 class Impl(NamedTuple):

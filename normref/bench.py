@@ -20,6 +20,10 @@ What is timed, and how
   into a preallocated array. So there are two Numba columns: ``Numba`` (allocating, the like-for-like comparison
   with NumPy and PyTorch) and ``Numba out=`` (outputs passed in with ``out=``, the like-for-like comparison with
   the triad: ``%floor`` is computed from this column, ``%floor(alloc)`` from the allocating one).
+* **Numba fast.** The ``"numba-fast"`` backend (the same kernels with reassociated, register-vectorized sums;
+  :mod:`normref.kernels.numba_fast`) gets the same two columns, ``Numba fast`` and ``Numba fast out=``, and
+  ``%floor fast`` = floor / ``Numba fast out=``. The ratios ``xNumPy`` and ``xPyTorch`` stay relative to the
+  exact ``Numba`` column.
 * **Rounds.** Every row (layer, shape, pass) is measured in ``rounds`` rounds; in each round every column, the
   triad included, runs one untimed warm-up call and then ``reps_per_round`` timed calls back to back. Back to back,
   because Numba's and PyTorch's OpenMP thread pools spin-wait after a parallel region and would otherwise time each
@@ -29,7 +33,7 @@ What is timed, and how
 * **Statistics.** Each cell is the median over all ``rounds × reps_per_round`` calls; ``noise`` is the largest
   interquartile range over median among the row's columns. The load average is printed before and after.
 * **Cold start.** The first call of each Numba op compiles its kernels or loads them from Numba's on-disk cache
-  (``cache=True``); that is timed separately and never part of the medians.
+  (``cache=True``); that is timed separately (for each Numba backend) and never part of the medians.
 
 PyTorch CPU (``torch.nn.functional``, its own thread pool) is timed when ``torch`` is importable; it is imported
 only here, never by the package. The CUDA column appears when the ``"cuda"`` backend loads on a real GPU.
@@ -171,9 +175,14 @@ def _normref_runner(layer, backend, x, dy, params, hyper, which):
     return fwd if which == FWD else fwd_bwd
 
 
-def _numba_out_runner(layer, x, dy, params, hyper, which):
-    """The ``"numba"`` ops with preallocated outputs (``out=``): ``y`` and ``dx`` are written in place."""
-    impl = get_impl(layer.op, "numba")
+# The backend each column runs (None: not a normref backend).
+COLUMN_BACKENDS = {"NumPy": "numpy", "Numba": "numba", "Numba out=": "numba", "Numba fast": "numba-fast",
+                   "Numba fast out=": "numba-fast", "CUDA": "cuda", "PyTorch": None}
+
+
+def _numba_out_runner(layer, x, dy, params, hyper, which, backend="numba"):
+    """A Numba backend's ops with preallocated outputs (``out=``): ``y`` and ``dx`` are written in place."""
+    impl = get_impl(layer.op, backend)
     y, dx = np.empty_like(x), np.empty_like(x)
 
     def fwd():
@@ -263,11 +272,11 @@ class Row:
         return worst
 
 
-def cold_start(layer: BenchLayer, rng) -> float:
-    """Seconds for the first Numba forward+backward of ``layer`` in this process (compile or cache load)."""
+def cold_start(layer: BenchLayer, rng, backend: str = "numba") -> float:
+    """Seconds for the first forward+backward of ``layer`` on ``backend`` in this process (compile or cache load)."""
     x, dy, params, hyper = _inputs(layer, layer.quick_shapes[0], rng)
     start = time.perf_counter()
-    _normref_runner(layer, "numba", x, dy, params, hyper, FWD_BWD)()
+    _normref_runner(layer, backend, x, dy, params, hyper, FWD_BWD)()
     return time.perf_counter() - start
 
 
@@ -275,7 +284,7 @@ def measure(layer: BenchLayer, shape, rng, *, columns, rounds: int = 3, reps_per
             triad_mib: int = TRIAD_MIB) -> list[Row]:
     """Time every column of ``columns`` and the triad for both passes, in rounds (see the module docstring).
 
-    ``columns`` names ``"NumPy"``, ``"Numba"``, ``"Numba out="``, ``"CUDA"``, ``"PyTorch"``.
+    ``columns`` names keys of :data:`COLUMN_BACKENDS` (``"NumPy"``, ``"Numba"``, ``"Numba out="``, ...).
     """
     x, dy, params, hyper = _inputs(layer, shape, rng)
     torch = torch_module() if "PyTorch" in columns else None
@@ -286,10 +295,10 @@ def measure(layer: BenchLayer, shape, rng, *, columns, rounds: int = 3, reps_per
         for column in columns:
             if column == "PyTorch":
                 runners[column] = _torch_runner(torch, layer, x, dy, params, hyper, which)
-            elif column == "Numba out=":
-                runners[column] = _numba_out_runner(layer, x, dy, params, hyper, which)
+            elif column.endswith("out="):
+                runners[column] = _numba_out_runner(layer, x, dy, params, hyper, which, COLUMN_BACKENDS[column])
             else:
-                runners[column] = _normref_runner(layer, column.lower(), x, dy, params, hyper, which)
+                runners[column] = _normref_runner(layer, COLUMN_BACKENDS[column], x, dy, params, hyper, which)
         times = {column: [] for column in runners}
         for _ in range(rounds):
             for column, run in runners.items():
@@ -310,12 +319,15 @@ def _fmt_ms(value):
 def format_table(rows: list[Row], columns) -> str:
     """One block per layer and shape: a line per pass with the medians, the row's floor, and the ratios.
 
-    ``%floor`` = floor / ``Numba out=`` (preallocated, like the triad); ``%floor(alloc)`` = floor / ``Numba``;
-    ``xNumPy`` and ``xPyTorch`` = their time / ``Numba`` (all three allocate their outputs).
+    ``%floor`` = floor / ``Numba out=`` (preallocated, like the triad); ``%floor fast`` = floor / ``Numba fast
+    out=``; ``%floor(alloc)`` = floor / ``Numba``; ``xNumPy`` and ``xPyTorch`` = their time / ``Numba`` (all three
+    allocate their outputs).
     """
     head = ["pass"] + [f"{c} ms" for c in columns] + ["floor ms"]
     if "Numba out=" in columns:
         head.append("%floor")
+    if "Numba fast out=" in columns:
+        head.append("%floor fast")
     head += ["%floor(alloc)", "xNumPy"]
     if "PyTorch" in columns:
         head.append("xPyTorch")
@@ -334,6 +346,8 @@ def format_table(rows: list[Row], columns) -> str:
             cells = [row.which] + [_fmt_ms(row.median_ms(c)) for c in columns] + [_fmt_ms(floor)]
             if "Numba out=" in columns:
                 cells.append(f"{floor / row.median_ms('Numba out='):.0%}")
+            if "Numba fast out=" in columns:
+                cells.append(f"{floor / row.median_ms('Numba fast out='):.0%}")
             cells += [f"{floor / numba_ms:.0%}", f"{row.median_ms('NumPy') / numba_ms:.1f}x"]
             if "PyTorch" in columns:
                 cells.append(f"{row.median_ms('PyTorch') / numba_ms:.1f}x")
@@ -362,6 +376,8 @@ def run_bench(*, layers=None, quick=False, largest=False, rounds=None, reps_per_
     triad_mib = 8 if quick else TRIAD_MIB
     rng = np.random.default_rng(0)
     columns = ["NumPy", "Numba", "Numba out="]
+    if available_backends()["numba-fast"] is None:
+        columns += ["Numba fast", "Numba fast out="]
     if _cuda_usable():
         columns.append("CUDA")
     torch = torch_module()
@@ -380,23 +396,25 @@ def run_bench(*, layers=None, quick=False, largest=False, rounds=None, reps_per_
              f"in the same rounds as its kernels (fwd: 2 passes, fwd+bwd: 5)")
     touch_mib = 8 if quick else 32
     print_fn(f"first touch: writing a fresh (just allocated) {touch_mib} MiB array costs "
-             f"{first_touch_ms(touch_mib):.1f} ms more than a reused one. 'Numba', 'NumPy', 'PyTorch' allocate y and dx"
-             f" on every call; 'Numba out=' and the triad do not")
+             f"{first_touch_ms(touch_mib):.1f} ms more than a reused one. 'Numba', 'Numba fast', 'NumPy', 'PyTorch' "
+             f"allocate y and dx on every call; the 'out=' columns and the triad do not")
     missing = [n for n, why in available_backends().items() if why is not None]
     if missing:
         print_fn(f"backends not available (columns left out): {', '.join(missing)}")
     if torch is None:
         print_fn("PyTorch not importable: column left out (pip install 'normref[bench]')")
 
-    cold = [(layer.name, cold_start(layer, rng)) for layer in chosen]
-    print_fn("cold start, first Numba fwd+bwd in this process (compile, or load from the on-disk cache): "
-             + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in cold))
+    numba_backends = [COLUMN_BACKENDS[c] for c in ("Numba", "Numba fast") if c in columns]
+    for backend in numba_backends:
+        cold = [(layer.name, cold_start(layer, rng, backend)) for layer in chosen]
+        print_fn(f"cold start, first {backend!r} fwd+bwd in this process (compile, or load from the on-disk cache): "
+                 + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in cold))
     print_fn("")
 
     rows = []
     for layer in chosen:
         implemented = available_op_backends(layer.op)
-        layer_columns = [c for c in columns if c == "PyTorch" or c.split()[0].lower() in implemented]
+        layer_columns = [c for c in columns if c == "PyTorch" or COLUMN_BACKENDS[c] in implemented]
         shapes = layer.quick_shapes if quick else layer.shapes[-1:] if largest else layer.shapes
         for shape in shapes:
             block = measure(layer, shape, rng, columns=layer_columns, rounds=rounds, reps_per_round=reps_per_round,

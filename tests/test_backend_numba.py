@@ -1,4 +1,5 @@
-"""The "numba" backend against the NumPy reference, the gradient checker on it, and a smoke run of `normref bench`.
+"""The "numba" and "numba-fast" backends against the NumPy reference, the gradient checker on them, and a smoke run
+of `normref bench`.
 
 Agreement is the norm-relative error max|a-b|/max|b| of y, dx, dgamma, dbeta: <= 1e-12 in float64 (the kernels sum
 in a different order than NumPy, about 1e-15 apart) and <= 1e-5 in float32 (the kernels sum float32 in blocks of
@@ -6,6 +7,10 @@ at most 16 additions per lane before float64, NumPy pairwise in float32 or in fl
 see the error bound in normref/kernels/numba_cpu/_common.py). Shapes are chosen so that row counts are not multiples
 of the 32 chunks or of the 16-row flush depth, and row lengths not multiples of the 32 lanes; the "long" cases have
 rows longer than one 512-value block (several blocks plus a tail).
+
+"numba-fast" (reassociated sums, normref/kernels/numba_fast) is held to the same tolerances: its float32 sums run in
+blocks of 256 values in float32 (whatever order the compiler picks, within 255u·Σ|t|; with the AVX2 order about
+13u·Σ|t|, as accurate as the exact backend's 16u) and in float64 beyond. Every agreement test runs on both backends.
 """
 
 import contextlib
@@ -24,6 +29,7 @@ from normref.testing.gradcheck import norm_rel_error
 from normref.testing.specs import all_specs, check
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
+NUMBA_BACKENDS = ("numba", "numba-fast")
 
 # (op, shape, hyperparameters, has beta)
 CASES = [
@@ -83,10 +89,10 @@ def run(op, backend, x, params, dy, hyper, stats=None):
     return y, cache, F.backward(op, dy, cache)
 
 
-def assert_agree(op, x, params, dy, hyper, dtype, stats=None):
+def assert_agree(op, x, params, dy, hyper, dtype, stats=None, backend="numba"):
     y_ref, cache_ref, grads_ref = run(op, "numpy", x, params, dy, hyper, stats)
-    y, cache, grads = run(op, "numba", x, params, dy, hyper, stats)
-    assert cache.backend == "numba" and y.dtype == dtype and y.shape == x.shape
+    y, cache, grads = run(op, backend, x, params, dy, hyper, stats)
+    assert cache.backend == backend and y.dtype == dtype and y.shape == x.shape
     tol = TOL[dtype]
     assert norm_rel_error(y, y_ref) <= tol
     for name, got, want in zip(("dx", "dgamma", "dbeta"), grads, grads_ref):
@@ -104,22 +110,24 @@ def assert_agree(op, x, params, dy, hyper, dtype, stats=None):
         assert np.max(np.abs(cache.mean - cache_ref.mean)) <= tol * np.max(np.abs(cache_ref.mean)) + tol
 
 
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("op,shape,hyper,has_beta", CASES, ids=IDS)
-def test_train_agrees_with_numpy(op, shape, hyper, has_beta, dtype):
+def test_train_agrees_with_numpy(op, shape, hyper, has_beta, dtype, backend):
     rng = np.random.default_rng(0)
     x = (5 * rng.standard_normal(shape) + 12).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    assert_agree(op, x, make_params(rng, op, shape, hyper, has_beta, dtype), dy, hyper, dtype)
+    assert_agree(op, x, make_params(rng, op, shape, hyper, has_beta, dtype), dy, hyper, dtype, backend=backend)
 
 
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
 @pytest.mark.parametrize("op,shape,hyper,has_beta", CASES, ids=IDS)
-def test_affine_off_and_given_stats(op, shape, hyper, has_beta):
+def test_affine_off_and_given_stats(op, shape, hyper, has_beta, backend):
     rng = np.random.default_rng(1)
     x = 3 * rng.standard_normal(shape) - 4
     dy = rng.standard_normal(shape)
     none = make_params(rng, op, shape, hyper, has_beta, np.float64, affine=False)
-    assert_agree(op, x, none, dy, hyper, np.float64)
+    assert_agree(op, x, none, dy, hyper, np.float64, backend=backend)
     if op == "group_norm":
         hyper = dict(hyper, num_groups=2) if shape[1] % 2 == 0 else hyper
         if shape[1] % 2:
@@ -127,62 +135,94 @@ def test_affine_off_and_given_stats(op, shape, hyper, has_beta):
     params = make_params(rng, op, shape, hyper, has_beta, np.float64)
     for dtype in (np.float64, np.float32):
         stats = given_stats(rng, op, shape, hyper, dtype)
-        assert_agree(op, x.astype(dtype), [p.astype(dtype) for p in params], dy.astype(dtype), hyper, dtype, stats)
-    assert_agree(op, x, none, dy, hyper, np.float64, given_stats(rng, op, shape, hyper, np.float64))
+        assert_agree(op, x.astype(dtype), [p.astype(dtype) for p in params], dy.astype(dtype), hyper, dtype, stats,
+                     backend=backend)
+    assert_agree(op, x, none, dy, hyper, np.float64, given_stats(rng, op, shape, hyper, np.float64), backend=backend)
 
 
-def test_instance_norm_per_instance_stats():
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
+def test_instance_norm_per_instance_stats(backend):
     rng = np.random.default_rng(2)
     x, dy = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
     stats = (rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (3, 4)))
-    assert_agree("instance_norm", x, [rng.standard_normal(4), None], dy, {}, np.float64, stats)
+    assert_agree("instance_norm", x, [rng.standard_normal(4), None], dy, {}, np.float64, stats, backend=backend)
 
 
-def test_gamma_without_beta():
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
+def test_gamma_without_beta(backend):
     rng = np.random.default_rng(3)
     x, dy = rng.standard_normal((4, 3, 6)), rng.standard_normal((4, 3, 6))
-    assert_agree("batch_norm", x, [rng.standard_normal(3), None], dy, {}, np.float64)
-    assert_agree("layer_norm", x, [None, rng.standard_normal(6)], dy, {"normalized_shape": 6}, np.float64)
+    assert_agree("batch_norm", x, [rng.standard_normal(3), None], dy, {}, np.float64, backend=backend)
+    assert_agree("layer_norm", x, [None, rng.standard_normal(6)], dy, {"normalized_shape": 6}, np.float64,
+                 backend=backend)
 
 
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
 @pytest.mark.parametrize("op,shape,hyper,has_beta", [CASES[0], CASES[3], CASES[5], CASES[8], CASES[11]],
                          ids=[IDS[0], IDS[3], IDS[5], IDS[8], IDS[11]])
-def test_non_contiguous_inputs(op, shape, hyper, has_beta):
+def test_non_contiguous_inputs(op, shape, hyper, has_beta, backend):
     rng = np.random.default_rng(4)
     big = 5 * rng.standard_normal(shape[:-1] + (2 * shape[-1],)) + 12
     x = big[..., ::2]  # every other element: strided, not contiguous
     dy = np.asfortranarray(rng.standard_normal(shape))  # contiguous, but in the other order
     assert not x.flags.c_contiguous and not dy.flags.c_contiguous
     params = [p[::-1] if p is not None else None for p in make_params(rng, op, shape, hyper, has_beta, np.float64)]
-    assert_agree(op, x, params, dy, hyper, np.float64)
+    assert_agree(op, x, params, dy, hyper, np.float64, backend=backend)
     assert_agree(op, x.astype(np.float32), [p.astype(np.float32) for p in params], dy.astype(np.float32), hyper,
-                 np.float32)
+                 np.float32, backend=backend)
 
 
+# The factor D of each backend's float32 sum error bound D·u·Σ|t|: the exact backend's lane depth (16); for
+# "numba-fast" the bound that holds whatever order the compiler picks inside a 256-value block (255, numba_fast/_sums).
+SUM_DEPTH = {"numba": 16, "numba-fast": 255}
+
+
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
 @pytest.mark.parametrize("n", [4096, 40_000])
-def test_float32_statistics_are_offset_independent(n):
-    """Offset 1e5 standard deviations: the float32 lane sums + corrected two-pass keep the statistics to ~1e-6.
+def test_float32_statistics_are_offset_independent(n, backend):
+    """Offset 1e5 standard deviations: float32 sums + the corrected two-pass keep the statistics to ~1e-6.
 
-    The bound (``_common`` docstring): ``|mean error| <= 2·16·u·sigma`` and ``|var error| <= 18·u·var``,
-    u = 2^-24; a plain float32 sum of x would be off by ~1e3 standard deviations here.
+    The bound (``_common`` docstring): ``|mean error| <= 2·D·u·sigma`` and ``|var error| <= (D + 2)·u·var``,
+    u = 2^-24; a plain float32 sum of x would be off by ~1e3 standard deviations here, E[x²] - E[x]² by more.
     """
     rng = np.random.default_rng(5)
     x = (1000.0 + 0.01 * rng.standard_normal((3, n))).astype(np.float32)
-    y, cache = F.forward("layer_norm", x, backend="numba", normalized_shape=n, eps=0.0)
+    y, cache = F.forward("layer_norm", x, backend=backend, normalized_shape=n, eps=0.0)
     exact = x.astype(np.float64)
     sigma = exact.std(axis=1)
-    u = 2.0**-24
-    assert np.all(np.abs(cache.kernel_mean - exact.mean(axis=1)) <= 32 * u * sigma)
-    assert np.all(np.abs(cache.rstd**-2 - sigma**2) <= 18 * u * sigma**2)
+    u, depth = 2.0**-24, SUM_DEPTH[backend]
+    assert np.all(np.abs(cache.kernel_mean - exact.mean(axis=1)) <= 2 * depth * u * sigma)
+    assert np.all(np.abs(cache.rstd**-2 - sigma**2) <= (depth + 2) * u * sigma**2)
     assert np.max(np.abs(y.astype(np.float64).std(axis=1) - 1)) < 1e-3
 
 
-def test_out_buffers():
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
+@pytest.mark.parametrize("op,shape,hyper,has_beta", [CASES[15], CASES[16], CASES[17], CASES[18], CASES[19]],
+                         ids=[IDS[15], IDS[16], IDS[17], IDS[18], IDS[19]])
+def test_float32_far_from_zero_agrees_with_numpy(op, shape, hyper, has_beta, backend):
+    """x = 1000 + 0.01·N(0, 1) in float32, every op, train and eval: still within 1e-5 of the float32 reference.
+
+    Both round the mean to float32 before ``x - m``, so they normalize with the same ``m``. What this catches is
+    any reordering of ``(x - m)·s`` or ``Σ dy·(x - m)`` into ``x·s - m·s`` or ``Σ dy·x - m·Σ dy`` (which
+    reassociation permits, and "numba-fast" must not do): those cancel, here with errors of ~1e-3.
+    """
+    rng = np.random.default_rng(9)
+    x = (1000.0 + 0.01 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    params = make_params(rng, op, shape, hyper, has_beta, np.float32)
+    assert_agree(op, x, params, dy, hyper, np.float32, backend=backend)
+    mean, var = given_stats(rng, op, shape, hyper, np.float32)
+    stats = (None if mean is None else (1000 + 0.01 * mean).astype(np.float32), (1e-4 * var).astype(np.float32))
+    assert_agree(op, x, params, dy, hyper, np.float32, stats, backend=backend)
+
+
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
+def test_out_buffers(backend):
     """``out=`` writes y and dx in place, bit-identical to the allocating call; bad buffers raise."""
     rng = np.random.default_rng(8)
     for op, shape, hyper in (("group_norm", (3, 4, 50), {"num_groups": 2}), ("batch_norm", (3, 4, 50), {}),
                              ("layer_norm", (7, 50), {"normalized_shape": 50})):
-        impl = get_impl(op, "numba")
+        impl = get_impl(op, backend)
         x, dy = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
         params = make_params(rng, op, shape, hyper, True, np.float32)
         y_ref, cache = impl.forward(x, *params, **hyper)
@@ -208,21 +248,25 @@ def test_out_buffers():
         impl.forward(x, *params, out=[0.0], **hyper)
 
 
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
 @pytest.mark.parametrize("op,hyper", [("layer_norm", {"normalized_shape": 600}), ("group_norm", {"num_groups": 3}),
                                       ("batch_norm", {})])
-def test_deterministic(op, hyper):
-    """Runs are bitwise equal, on two threads and on one, with more rows than chunks x flush depth."""
+def test_deterministic(op, hyper, backend):
+    """Runs are bitwise equal, on two threads and on one, with more rows than chunks x flush depth.
+
+    For "numba-fast" too: reassociation fixes the order of its sums at compile time (per machine), not per run.
+    """
     import numba
 
     rng = np.random.default_rng(6)
     shape = (1100, 600) if op == "layer_norm" else (67, 6, 110)
     x, dy = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
     params = make_params(rng, op, shape, hyper, True, np.float32)
-    first, second = (run(op, "numba", x, params, dy, hyper) for _ in range(2))
+    first, second = (run(op, backend, x, params, dy, hyper) for _ in range(2))
     previous = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        single = run(op, "numba", x, params, dy, hyper)
+        single = run(op, backend, x, params, dy, hyper)
     finally:
         numba.set_num_threads(previous)
     for other in (second, single):
@@ -231,13 +275,14 @@ def test_deterministic(op, hyper):
             assert np.array_equal(a, b)
 
 
-def test_layers_update_running_stats_like_numpy():
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
+def test_layers_update_running_stats_like_numpy(backend):
     rng = np.random.default_rng(7)
     for make, batch_stats in ((lambda: normref.BatchNorm(3), batch_norm_batch_stats),
                               (lambda: normref.InstanceNorm(3, affine=True, track_running_stats=True),
                                instance_norm_batch_stats)):
         ref, fast = make(), make()
-        fast.backend = "numba"
+        fast.backend = backend
         for _ in range(3):
             x = 2 * rng.standard_normal((4, 3, 5)) + 1
             ref.forward(x), fast.forward(x)
@@ -250,39 +295,79 @@ def test_layers_update_running_stats_like_numpy():
         assert norm_rel_error(fast.forward(x), ref.forward(x)) <= 1e-12
 
 
-def test_validation_matches_reference():
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
+def test_validation_matches_reference(backend):
     x = np.ones((2, 3, 4))
     with pytest.raises(TypeError, match="x must have a float32 or float64 dtype"):
-        F.forward("layer_norm", x.astype(complex), backend="numba", normalized_shape=4)
+        F.forward("layer_norm", x.astype(complex), backend=backend, normalized_shape=4)
     with pytest.raises(TypeError, match="gamma"):
-        F.forward("batch_norm", x, np.ones(3, complex), backend="numba")
+        F.forward("batch_norm", x, np.ones(3, complex), backend=backend)
     with pytest.raises(TypeError, match="dy must be real"):
-        _, cache = F.forward("batch_norm", x, backend="numba")
+        _, cache = F.forward("batch_norm", x, backend=backend)
         F.backward("batch_norm", np.ones(x.shape, complex), cache)
     with pytest.raises(TypeError, match="stats"):
-        F.forward("batch_norm", x, backend="numba", stats=(np.zeros(3, complex), np.ones(3)))
+        F.forward("batch_norm", x, backend=backend, stats=(np.zeros(3, complex), np.ones(3)))
     with pytest.raises(ValueError, match="num_groups must divide"):
-        F.forward("group_norm", x, backend="numba", num_groups=2)
+        F.forward("group_norm", x, backend=backend, num_groups=2)
     with pytest.raises(ValueError, match="normalized_shape"):
-        F.forward("rms_norm", x, backend="numba", normalized_shape=5)
+        F.forward("rms_norm", x, backend=backend, normalized_shape=5)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        F.forward("batch_norm", np.ones((1, 3)), backend="numba")
+        F.forward("batch_norm", np.ones((1, 3)), backend=backend)
     with pytest.raises(ValueError, match="dy must have the shape"):
-        _, cache = F.forward("layer_norm", x, backend="numba", normalized_shape=4)
+        _, cache = F.forward("layer_norm", x, backend=backend, normalized_shape=4)
         F.backward("layer_norm", np.ones((2, 3)), cache)
     with pytest.raises(TypeError, match="integer|int64|dtype"):
-        F.forward("instance_norm", np.ones((2, 3, 4), dtype=np.int64), backend="numba")
+        F.forward("instance_norm", np.ones((2, 3, 4), dtype=np.int64), backend=backend)
 
 
 STANDARD_OPS = ("batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm")
 GRAD_CASES = [(s, mode, affine) for s in all_specs() if s.op in STANDARD_OPS for mode in s.modes for affine in s.affine]
 
 
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
 @pytest.mark.parametrize("spec,mode,affine", GRAD_CASES,
                          ids=[f"{s.name}-{m}-affine{a}" for s, m, a in GRAD_CASES])
-def test_gradcheck_on_numba(spec, mode, affine):
-    report = check(spec, mode=mode, affine=affine, backend="numba")
+def test_gradcheck_on_numba(spec, mode, affine, backend):
+    report = check(spec, mode=mode, affine=affine, backend=backend)
     assert report.passed, "\n" + report.table()
+
+
+@pytest.mark.parametrize("op,hyper", [("layer_norm", {"normalized_shape": 6}), ("batch_norm", {}),
+                                      ("group_norm", {"num_groups": 3})])
+def test_a_cache_runs_only_the_backward_of_its_backend(op, hyper):
+    """A "numba-fast" cache records its backend: F.backward runs the fast backward, the exact one refuses it
+    (and the other way round), so a backward never mixes the two kernel sets."""
+    rng = np.random.default_rng(10)
+    x, dy = rng.standard_normal((5, 3, 6)), rng.standard_normal((5, 3, 6))
+    params = make_params(rng, op, x.shape, hyper, True, np.float64)
+    exact, fast = get_impl(op, "numba"), get_impl(op, "numba-fast")
+    _, fast_cache = F.forward(op, x, *params, backend="numba-fast", **hyper)
+    _, exact_cache = F.forward(op, x, *params, backend="numba", **hyper)
+    assert fast_cache.backend == "numba-fast" and exact_cache.backend == "numba"
+    for got, want in zip(F.backward(op, dy, fast_cache), fast.backward(dy, fast_cache)):
+        assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="made by the 'numba-fast' backend, not 'numba'"):
+        exact.backward(dy, fast_cache)
+    with pytest.raises(ValueError, match="made by the 'numba' backend, not 'numba-fast'"):
+        fast.backward(dy, exact_cache)
+
+
+@pytest.mark.parametrize("backend", NUMBA_BACKENDS)
+@pytest.mark.parametrize("op,shape,hyper,has_beta", [CASES[0], CASES[3], CASES[5], CASES[8], CASES[11]],
+                         ids=[IDS[0], IDS[3], IDS[5], IDS[8], IDS[11]])
+def test_nan_and_inf_propagate_like_numpy(op, shape, hyper, has_beta, backend):
+    """A NaN or an inf in x makes the same outputs non-finite as in the reference ("numba-fast" is compiled
+    without the nnan/ninf fast-math flags, which would let LLVM assume neither occurs)."""
+    rng = np.random.default_rng(11)
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    x.flat[0], x.flat[-1] = np.nan, np.inf
+    params = make_params(rng, op, shape, hyper, has_beta, np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y_ref, _, grads_ref = run(op, "numpy", x, params, dy, hyper)
+    y, _, grads = run(op, backend, x, params, dy, hyper)
+    for got, want in zip((y,) + tuple(grads), (y_ref,) + tuple(grads_ref)):
+        if want is not None:
+            assert np.array_equal(np.isfinite(got), np.isfinite(want))
 
 
 def test_bench_quick_smoke():
@@ -294,3 +379,4 @@ def test_bench_quick_smoke():
     assert status == 0
     assert "triad" in text and "LayerNorm" in text and "BatchNorm" in text and "fwd+bwd" in text
     assert "Numba ms" in text and "floor ms" in text
+    assert "Numba fast ms" in text and "%floor fast" in text

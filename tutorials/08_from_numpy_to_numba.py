@@ -5,8 +5,9 @@
 # Each expression is a full pass over memory, and a normalization layer does only a few flops per element, so its
 # speed is set by **how many times the tensor crosses the memory bus**, not by arithmetic.
 #
-# This tutorial counts those passes, shows how the `"numba"` backend fuses them (`normref.kernels.numba_cpu`), and
-# why its parameter gradients need a *two-stage* reduction. Run it with `QUICK=1` for tiny shapes.
+# This tutorial counts those passes, shows how the `"numba"` backend fuses them (`normref.kernels.numba_cpu`),
+# why its parameter gradients need a *two-stage* reduction, and what the `"numba-fast"` backend trades for speed by
+# letting the compiler reorder its sums. Run it with `QUICK=1` for tiny shapes.
 
 # %%
 import inspect
@@ -51,8 +52,8 @@ print(inspect.getsource(_rowwise.rows_forward))
 # %% [markdown]
 # Two details. First, the sums. With `fastmath=False` the compiler may not reorder `s += v[j]`, and one dependent
 # chain of additions runs at one addition per 3–4 cycles, slower than memory. So every sum is written as an
-# *elementwise* loop over an array of 32 partial sums, `lanes[k] += v[i + k] - shift`: lane `k` adds values
-# `k, k + 32, k + 64, ...` in order. That loop has no dependence between lanes, so LLVM vectorizes it (8 float32
+# *elementwise* loop over an array of 64 partial sums, `lanes[k] += v[i + k] - shift`: lane `k` adds values
+# `k, k + 64, k + 128, ...` in order. That loop has no dependence between lanes, so LLVM vectorizes it (8 float32
 # lanes per AVX2 instruction) without any licence to reorder, and the result is the same bits on every run. For
 # float32 input the lanes are float32 but hold at most 16 values each before they are flushed into float64 lanes,
 # which bounds the rounding error by about `16·u·Σ|t|` (u = 6e-8; the derivation is in
@@ -157,7 +158,7 @@ triad = stream_triad(mib_per_array=8 if QUICK else 128, reps=3 if QUICK else 10)
 print(f"STREAM triad: {triad['best'] / 1e9:.1f} GB/s (best of the repetitions)")
 layer = next(l for l in LAYERS if l.name == "LayerNorm")
 bench_shape = layer.quick_shapes[0] if QUICK else (8192, 1024)
-columns = ["NumPy", "Numba", "Numba out="]
+columns = ["NumPy", "Numba", "Numba out=", "Numba fast", "Numba fast out="]
 try:
     import torch  # noqa: F401
 
@@ -167,3 +168,77 @@ except ImportError:
 rows = measure(layer, bench_shape, rng, columns=columns, rounds=1 if QUICK else 3, reps_per_round=2 if QUICK else 3,
                triad_mib=8 if QUICK else 128)
 print(format_table(rows, columns))
+
+# %% [markdown]
+# ## 6. A second backend: letting the compiler reorder the sums
+#
+# The lanes of section 2 are the price of `fastmath=False`: the partial sums live in an array in memory, loaded and
+# stored every 64 values, and on this machine that arithmetic does not hide behind memory traffic. If the compiler
+# may *reassociate* (LLVM's `reassoc` flag), a plain `t += v[j]` vectorizes by itself, with the partial sums in
+# SIMD registers. The `"numba-fast"` backend (`normref.kernels.numba_fast`) is exactly that: the same ops, views,
+# drivers and two-stage reduction, with sums written as plain loops in float32 blocks of 256 values, flushed into
+# float64. Its name is separate so that the checked `"numba"` path never changes silently:
+
+# %%
+from normref.kernels.numba_fast import _sums  # noqa: E402
+
+print(inspect.getsource(_sums.centered_sums))
+
+# %% [markdown]
+# What it costs: the order of a reassociated sum is whatever the vectorizer picks for this CPU (its vector width),
+# so another CPU or compiler version may round differently in the last bits. The error bound does not depend on the
+# order (at most `255·u·Σ|t|` per float32 block, whatever the order; about `13·u·Σ|t|` with the AVX2 order, like the
+# exact backend's `16·u`), and on one machine the compiled order is fixed, so runs stay bitwise repeatable on any
+# number of threads. Only the sums get the licence: the elementwise code (`(x - m)·s`) is compiled without
+# `reassoc`, which would allow `x·s - m·s` and catastrophic cancellation when `|mean| ≫ std`. And not
+# `nnan`/`ninf`, so a NaN in `x` still propagates as in the reference. The two backends agree with the reference
+# to float32 accuracy, and not bitwise with each other:
+
+# %%
+shape = (37, 1100) if QUICK else (512, 1100)
+x = (1000 + 0.01 * rng.standard_normal(shape)).astype(np.float32)  # far from zero: |mean|/std = 1e5
+gamma, beta = rng.standard_normal(shape[-1:]).astype(np.float32), rng.standard_normal(shape[-1:]).astype(np.float32)
+dy = rng.standard_normal(shape).astype(np.float32)
+results = {}
+for backend in ("numpy", "numba", "numba-fast"):
+    y, cache = F.forward("layer_norm", x, gamma, beta, normalized_shape=shape[-1], backend=backend)
+    results[backend] = (y,) + tuple(F.backward("layer_norm", dy, cache))
+for backend in ("numba", "numba-fast"):
+    errors = [norm_rel_error(a, b) for a, b in zip(results[backend], results["numpy"])]
+    print(f"{backend:>10} vs numpy, y, dx, dgamma, dbeta:", ", ".join(f"{e:.1e}" for e in errors))
+    assert max(errors) <= 1e-5
+print("numba and numba-fast bitwise equal:", all(np.array_equal(a, b) for a, b in
+                                                  zip(results["numba"], results["numba-fast"])))
+again = F.forward("layer_norm", x, gamma, beta, normalized_shape=shape[-1], backend="numba-fast")[0]
+assert np.array_equal(again, results["numba-fast"][0])  # repeatable on this machine
+
+# %% [markdown]
+# What it buys, per value on one thread with the data in cache (the kernels alone, no allocation; a busy machine
+# makes these numbers move, so they are medians of interleaved repetitions and are printed, not asserted). At
+# 32 MiB, memory hides part of the gain: the `Numba fast` columns of the table in section 5 and of `normref bench`.
+
+# %%
+import time  # noqa: E402
+
+import numba  # noqa: E402
+
+from normref.kernels.numba_fast import _rowwise as fast_rowwise  # noqa: E402
+
+rows, n = (64, 1024) if QUICK else (256, 1024)
+x = rng.standard_normal((rows, n)).astype(np.float32)
+y, mean, var, rstd = np.empty_like(x), np.zeros(rows), np.zeros(rows), np.zeros(rows)
+ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)  # gamma, beta
+kernels = {"numba": _rowwise.rows_forward, "numba-fast": fast_rowwise.rows_forward}
+times = {name: [] for name in kernels}
+previous = numba.get_num_threads()
+numba.set_num_threads(1)
+try:
+    for _ in range(20 if QUICK else 200):
+        for name, kernel in kernels.items():
+            start = time.perf_counter()
+            kernel(x, ones, zeros, 1e-5, True, True, mean, var, rstd, y)
+            times[name].append(time.perf_counter() - start)
+finally:
+    numba.set_num_threads(previous)
+for name, ts in times.items():
+    print(f"LayerNorm forward kernel, {name:>10}: {1e9 * np.median(ts) / x.size:.2f} ns/value (one thread)")

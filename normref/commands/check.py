@@ -63,7 +63,7 @@ def run(args) -> int:
                                      for s, m, a, b, rep in rows]}, indent=2))
         return 0 if ok else 1
 
-    head = (f"{'layer':<14} {'mode':<6} {'affine':<6} {'backend':<8} {'shape':<16} {'tensors':<18} "
+    head = (f"{'layer':<14} {'mode':<6} {'affine':<6} {'backend':<10} {'shape':<16} {'tensors':<18} "
             f"{'central':>9} {'complex':>9}  status")
     print(head)
     print("-" * len(head))
@@ -72,7 +72,7 @@ def run(args) -> int:
         shape = "x".join(map(str, spec.shapes[0]))
         complex_err = rep.worst("complex")
         complex_txt = "-" if complex_err != complex_err else f"{complex_err:.1e}"
-        print(f"{spec.name:<14} {mode:<6} {str(affine):<6} {backend:<8} {shape:<16} {tensors:<18} "
+        print(f"{spec.name:<14} {mode:<6} {str(affine):<6} {backend:<10} {shape:<16} {tensors:<18} "
               f"{rep.worst('central'):>9.1e} {complex_txt:>9}  {'pass' if rep.passed else 'FAIL'}")
         if args.verbose or not rep.passed:
             print("    " + rep.table().replace("\n", "\n    "))

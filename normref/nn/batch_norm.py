@@ -23,7 +23,8 @@ class BatchNorm(TrackedNorm):
         momentum: weight of the new batch in the running statistics, or ``None`` for the cumulative average.
         affine: learn ``gamma`` (init 1) and ``beta`` (init 0), shape ``(C,)``.
         track_running_stats: keep ``running_mean``, ``running_var`` and ``num_batches_tracked``.
-        backend: ``"numpy"``, ``"numba"`` or ``"cuda"``; ``None`` resolves at each call (see ``use_backend``).
+        backend: ``"numpy"``, ``"numba"``, ``"numba-fast"`` or ``"cuda"``; ``None`` resolves at each call (see
+            ``use_backend``).
         dtype: dtype of the parameters and buffers (float64 by default; the output takes the input's dtype).
 
     Examples:
@@ -48,6 +49,10 @@ class InstanceNorm(TrackedNorm):
     With tracking, training updates the buffers from the batch averages of the per-instance mean and unbiased
     variance, and eval normalizes every instance with the running per-channel statistics.
     Math: :mod:`normref.ops.instance_norm`.
+
+    Unlike PyTorch's InstanceNorm (which never counts batches and treats ``momentum=None`` as 0, freezing the
+    buffers), ``num_batches_tracked`` counts the training batches and ``momentum=None`` is the cumulative average,
+    as for :class:`BatchNorm`.
     """
 
     op = "instance_norm"

@@ -28,11 +28,14 @@ loops are strided and slow; BatchNorm1d on ``(N, C)`` would want a channels-inne
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit, prange
 
 from ._common import (HELPER, LANES, NumbaNormCache, dot_sum, given_stats_flat, kernel_affine, kernel_dy, moments,
                       output_like, parameter_gradients, threads_for)
+from ._rowwise import check_cache_backend
 
 
 @njit(**HELPER)
@@ -109,14 +112,26 @@ def channels_backward(x, dy, gamma, mean, rstd, batch_stats, dx, dgamma, dbeta):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Drivers: allocate, run a kernel, build the cache. The op module validates and chooses the view.
+#
+# As in ._rowwise, a driver runs a kernel set: this module (backend "numba") by default, or another module with the
+# same two kernels and its own BACKEND (normref.kernels.numba_fast._colwise); the cache records the set's BACKEND.
+
+BACKEND = "numba"
 
 
-def run_channels_forward(x, gamma, beta, *, eps, given, stat_shape, out=None):
+def kernel_set(kernels=None):
+    """The module whose ``channels_*`` kernels a driver runs: ``kernels``, or this one if ``None``."""
+    return sys.modules[__name__] if kernels is None else kernels
+
+
+def run_channels_forward(x, gamma, beta, *, eps, given, stat_shape, out=None, kernels=None):
     """Forward of BatchNorm on the validated, contiguous ``x`` ``(N, C, *spatial)``.
 
     ``given`` is ``None`` or ``(mean, var)`` shaped like the reference cache's ``stat_shape = (1, C, 1, ...)``;
-    ``out`` is ``None`` or an array to write ``y`` into (see :func:`._common.output_like`). Returns ``(y, cache)``.
+    ``out`` is ``None`` or an array to write ``y`` into (see :func:`._common.output_like`); ``kernels`` the kernel
+    set (:func:`kernel_set`). Returns ``(y, cache)``.
     """
+    k = kernel_set(kernels)
     batch, channels = x.shape[:2]
     x3 = x.reshape(batch, channels, -1)
     g, b = kernel_affine(x, gamma, beta, channels)
@@ -127,7 +142,7 @@ def run_channels_forward(x, gamma, beta, *, eps, given, stat_shape, out=None):
     rstd = np.empty(channels)
     y = output_like(x, out)
     with threads_for(x.nbytes):
-        channels_forward(x3, g, b, eps, given is None, mean, var, rstd, y.reshape(x3.shape))
+        k.channels_forward(x3, g, b, eps, given is None, mean, var, rstd, y.reshape(x3.shape))
     if given is None:
         cache_mean, cache_var = mean.astype(x.dtype).reshape(stat_shape), var.astype(x.dtype).reshape(stat_shape)
     else:
@@ -135,19 +150,24 @@ def run_channels_forward(x, gamma, beta, *, eps, given, stat_shape, out=None):
     param_shape = next((p.shape for p in (gamma, beta) if p is not None), None)
     cache = NumbaNormCache(mean=cache_mean, var=cache_var, x_shape=x.shape, x=x3, kernel_mean=mean, rstd=rstd,
                            gamma=g, has_gamma=gamma is not None, has_beta=beta is not None, param_shape=param_shape,
-                           batch_stats=given is None, center=True, layout=())
+                           batch_stats=given is None, center=True, layout=(), backend=k.BACKEND)
     return y, cache
 
 
-def run_channels_backward(dy, cache: NumbaNormCache, out=None):
-    """``(dx, dgamma, dbeta)`` for a cache from :func:`run_channels_forward`; ``out`` as in the forward, for ``dx``."""
+def run_channels_backward(dy, cache: NumbaNormCache, out=None, kernels=None):
+    """``(dx, dgamma, dbeta)`` for a cache from :func:`run_channels_forward`; ``out`` as in the forward, for ``dx``.
+
+    ``kernels``: the kernel set of the forward that made ``cache`` (``ValueError`` if it is another one).
+    """
+    k = kernel_set(kernels)
+    check_cache_backend(cache, k)
     x3 = cache.x
     dy3 = kernel_dy(dy, cache.x_shape, x3.dtype).reshape(x3.shape)
     dx_out = output_like(x3, out, cache.x_shape, inputs=(dy3,))
     channels = x3.shape[1]
     dgamma, dbeta = np.empty(channels), np.empty(channels)
     with threads_for(x3.nbytes):
-        channels_backward(x3, dy3, cache.gamma, cache.kernel_mean, cache.rstd, cache.batch_stats,
-                          dx_out.reshape(x3.shape), dgamma, dbeta)
+        k.channels_backward(x3, dy3, cache.gamma, cache.kernel_mean, cache.rstd, cache.batch_stats,
+                            dx_out.reshape(x3.shape), dgamma, dbeta)
     dgamma, dbeta = parameter_gradients(cache, dgamma, dbeta)
     return dx_out, dgamma, dbeta

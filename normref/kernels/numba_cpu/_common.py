@@ -66,6 +66,16 @@ float64 sees ~1e-15 (tolerance 1e-12).
 
 Short vectors (at most :data:`LANES` values, e.g. a 5×5 GroupNorm segment) skip the lanes: one float64 chain.
 
+Overlapping memory and arithmetic: software prefetch
+----------------------------------------------------
+A kernel reads a row (or slice) from memory once and then works on it in L1/L2 for one or two more passes. During
+those in-cache passes a core issues no memory requests of its own, and one core alone cannot saturate the memory
+system here (a one-thread copy moves about half of what two threads move), so the time of a row is its memory time
+*plus* its arithmetic time. :func:`prefetch_lines` asks for the next rows' cache lines before the arithmetic on the
+current one starts (LLVM's ``llvm.prefetch``: a hint, it changes no value), so the two overlap. Measured on the
+8192×1024 float32 LayerNorm forward, 2 threads, 40 interleaved rounds: median 5.59 → 4.59 ms (a copy of the same
+array: 3.19 ms).
+
 The boundary
 ------------
 Kernels index raw, C-contiguous arrays. :func:`as_kernel_array` makes a non-contiguous input contiguous, which
@@ -83,7 +93,10 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..._validate import as_array, cast_like, check_dy, check_param
 
@@ -109,6 +122,46 @@ MAX_CHUNKS = 32
 # work, and on a loaded machine a parallel region waits for a descheduled worker: seen here on a tiny LayerNorm,
 # median 0.06 ms on one thread against a 90th percentile of 20-30 ms on two. The results do not depend on it.
 PARALLEL_MIN_BYTES = 256 * 1024
+
+
+# How many rows (slices) ahead a kernel prefetches: 1 was measurably worse than 2; 4 no better than 2.
+PREFETCH_AHEAD = 2
+# Bytes per cache line (x86-64 and most ARM cores): one prefetch per line.
+CACHE_LINE = 64
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """``prefetch(a, i)``: hint the CPU to load the cache line holding ``a[i]`` (1-D ``a``) for reading.
+
+    Emits ``llvm.prefetch(ptr, rw=0 (read), locality=3 (keep in all levels), cache=1 (data))``. A hint only:
+    it cannot fault, even past the end of the array, and changes no result.
+    """
+    if not (isinstance(array, types.Array) and array.ndim == 1 and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], wraparound=False,
+                                           boundscheck=False)
+        i32 = ir.IntType(32)
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer.type,
+                                                                                            i32, i32, i32]),
+                                              "llvm.prefetch.p0")
+        builder.call(hint, [byte_pointer, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
+@njit(**HELPER)
+def prefetch_lines(v):
+    """Prefetch every cache line of the contiguous 1-D ``v`` (see "Overlapping memory and arithmetic")."""
+    step = max(1, CACHE_LINE // v.itemsize)
+    for i in range(0, v.size, step):
+        prefetch(v, i)
 
 
 @contextlib.contextmanager
@@ -331,7 +384,7 @@ def real_stats(stats_pair):
     """Refuse complex given statistics (the reference's ``check_stats`` has already checked shapes)."""
     for s in stats_pair:
         if s is not None and np.iscomplexobj(s):
-            raise TypeError("stats must be real on the 'numba' backend, got a complex array")
+            raise TypeError("stats must be real on the Numba backends ('numba', 'numba-fast'), got a complex array")
     return stats_pair
 
 
@@ -339,7 +392,7 @@ def kernel_dy(dy, x_shape, dtype) -> np.ndarray:
     """Validate ``dy`` against the forward's output like the reference, refuse complex, make it contiguous."""
     dy = check_dy(dy, x_shape, dtype)
     if dy.dtype.kind == "c":
-        raise TypeError("dy must be real on the 'numba' backend, got a complex array")
+        raise TypeError("dy must be real on the Numba backends ('numba', 'numba-fast'), got a complex array")
     return np.ascontiguousarray(dy)
 
 

@@ -16,24 +16,28 @@ from ...ops.layer_norm import layer_norm_args
 from ._rowwise import run_rows_backward, run_rows_forward
 
 
-def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, stats=None, out=None):
+def layer_norm_forward(x, gamma=None, beta=None, *, normalized_shape, eps=1e-5, stats=None, out=None, kernels=None):
     """Like :func:`normref.ops.layer_norm.layer_norm_forward`; the cache is a ``NumbaNormCache``.
 
     ``out``: ``None`` (allocate ``y``), or a C-contiguous array of ``x``'s shape and dtype to write ``y`` into.
+    ``kernels``: the kernel module (``None``: the exact ones; ``"numba-fast"`` registers this function with
+    :mod:`normref.kernels.numba_fast`'s).
     """
     a = layer_norm_args(x, gamma, beta, normalized_shape=normalized_shape, eps=eps, stats=stats, allow_complex=False)
     x = np.ascontiguousarray(a.x)
     x2 = x.reshape(-1, math.prod(a.normalized_shape))
     return run_rows_forward(x, x2, a.gamma, a.beta, eps=a.eps, center=True, given=a.stats, stat_shape=a.stat_shape,
-                            out=out)
+                            out=out, kernels=kernels)
 
 
-def layer_norm_backward(dy, cache, *, out=None):
+def layer_norm_backward(dy, cache, *, out=None, kernels=None):
     """``(dx, dgamma, dbeta)``, like :func:`normref.ops.layer_norm.layer_norm_backward`.
 
     ``out``: ``None`` (allocate ``dx``), or a C-contiguous array of ``x``'s shape and dtype to write ``dx`` into.
+    ``kernels``: the kernel module (``None``: the exact ones; ``"numba-fast"`` registers this function with
+    :mod:`normref.kernels.numba_fast`'s).
     """
-    return run_rows_backward(dy, cache, out=out)
+    return run_rows_backward(dy, cache, out=out, kernels=kernels)
 
 
 register("layer_norm", "numba", layer_norm_forward, layer_norm_backward)
