@@ -19,7 +19,9 @@ class WeightNorm(NormLayer):
 
     Args:
         num_outputs: ``v.shape[dim]`` (ignored when ``dim is None``: ``g`` is then one scalar of shape ``()``).
-        dim: the axis that keeps its own norm (0, the output axis; PyTorch's default), or ``None``.
+        dim: the axis that keeps its own norm (0, the output axis; PyTorch's default), or ``None``. A negative
+            ``dim`` counts from the end, as in NumPy; PyTorch's ``weight_norm`` instead reads ``dim=-1`` as ``None``
+            (one norm over the whole tensor), so PyTorch's ``dim=-1`` is normref's ``dim=None``.
         affine: learn ``g`` (init 1; see :meth:`init_from` for PyTorch's ``g = ‖v‖``); ``False`` gives the bare
             direction ``v/‖v‖``.
     """

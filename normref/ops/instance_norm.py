@@ -18,7 +18,11 @@ Given statistics are either per channel ``(C,)`` (PyTorch's running buffers, use
 average of the per-instance means and of the per-instance *unbiased* variances; :func:`instance_norm_batch_stats`
 returns exactly those averages.
 
-Deviations: none from PyTorch's ``InstanceNorm{1,2,3}d``.
+Deviations from PyTorch's ``InstanceNorm{1,2,3}d`` (2.13), both in the running buffers only, decided against
+copying them (checked in ``tests/test_torch_oracle.py``): PyTorch never increments ``num_batches_tracked`` for
+InstanceNorm, and it passes ``momentum=None`` on as ``0.0``, so its buffers then never move from mean 0, variance 1.
+normref's layer follows BatchNorm's documented convention for both: it counts the training batches, and
+``momentum=None`` is the cumulative average. With a numeric momentum the buffers agree with PyTorch's.
 """
 
 from __future__ import annotations
