@@ -1,6 +1,6 @@
 """BLAS thread limits (normref.threads) and the ``blas_threads`` option of training and the landscape engine: the
 limit holds inside and is restored after, worker processes and threads get it, bad values raise, and runs with it
-resume bit-identically."""
+resume bit-identically (training: ``tests/test_train.py::test_resume_continues_bit_identically[blas-1]``)."""
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -105,23 +105,6 @@ def test_train_rejects_bad_blas_threads_before_training(blobs, value, error):
         train(model, blobs.train, SGD(model, lr=0.1), epochs=1, quiet=True, blas_threads=value)
     for name, param in model.named_parameters():
         np.testing.assert_array_equal(param, start[name])
-
-
-def test_resumed_training_with_a_limit_is_bit_identical(tmp_path, blobs):
-    def run(epochs, directory, resume):
-        model = build_mlp(4, 3, hidden=(16, 16), norm="batch", seed=0)
-        opt = SGD(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
-        hist = train(model, blobs.train, opt, epochs=epochs, batch_size=16, seed=3, val_data=blobs.val,
-                     checkpoint_dir=directory, resume=resume, quiet=True, blas_threads=1)
-        return model, hist
-
-    straight, h_straight = run(3, tmp_path / "a", False)
-    run(1, tmp_path / "b", False)
-    resumed, h_resumed = run(3, tmp_path / "b", True)
-    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
-        np.testing.assert_array_equal(a, b, err_msg=name)
-    assert h_straight.without_timing() == h_resumed.without_timing()
-    assert h_resumed["epoch"] == [1, 2, 3]
 
 
 def test_cli_passes_blas_threads_and_rejects_bad_values(tmp_path, capsys, monkeypatch):

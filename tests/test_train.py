@@ -9,7 +9,7 @@ import pytest
 
 from normref.cli import main
 from normref.data import DataLoader, make_blobs, make_shapes, train_val_test_split
-from normref.nn import CrossEntropyLoss, Dropout, GroupNorm, Linear, ReLU, Sequential, load_npz
+from normref.nn import Dropout, GroupNorm, Linear, ReLU, Sequential, load_npz
 from normref.nn.factory import NORM_NAMES, MoveChannelAxis, default_num_groups, make_norm
 from normref.optim import SGD, AdamP
 from normref.optim.schedules import CosineDecay
@@ -30,12 +30,14 @@ def _mlp_with_dropout(seed=0):
 # -- resume ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make_opt", [lambda m: SGD(m, lr=0.1, momentum=0.9, weight_decay=1e-3),
                                       lambda m: AdamP(m, lr=1e-2, weight_decay=1e-3)], ids=["sgd", "adamp"])
-def test_resume_continues_bit_identically(tmp_path, blobs, make_opt):
+@pytest.mark.parametrize("blas_threads", [None, 1], ids=["blas-untouched", "blas-1"])
+def test_resume_continues_bit_identically(tmp_path, blobs, make_opt, blas_threads):
     def run(epochs, directory, resume):
         model = _mlp_with_dropout()
         opt = make_opt(model)
         hist = train(model, blobs.train, opt, epochs=epochs, batch_size=16, seed=3, schedule=CosineDecay(45),
-                     val_data=blobs.val, checkpoint_dir=directory, resume=resume, quiet=True)
+                     val_data=blobs.val, checkpoint_dir=directory, resume=resume, quiet=True,
+                     blas_threads=blas_threads)
         return model, hist
 
     straight, h_straight = run(3, tmp_path / "a", False)
