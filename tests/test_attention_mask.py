@@ -14,7 +14,7 @@ from normref.testing.gradcheck import check_layer
 from normref.testing.specs.blocks import padding_mask
 from normref.testing.specs.models import TokenProbe
 
-TORCH_SKIP = 'PyTorch parity needs the optional extra "bench" (torch): pip install -e ".[bench]"'
+TORCH_SKIP = 'PyTorch parity needs the optional extra "torch": pip install -e ".[torch]"'
 N, T, E, H = 3, 5, 6, 2
 PAD = padding_mask((N, T, E))     # trailing pads, two leading pads, one all-padding sequence
 

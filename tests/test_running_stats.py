@@ -188,7 +188,8 @@ def test_buffers_keep_the_layer_dtype(rng):
 
 def test_against_torch_float64(rng):
     """Optional cross-check with PyTorch (not a dependency): BatchNorm2d and InstanceNorm1d with tracking."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="the PyTorch cross-check needs the optional extra 'torch': "
+                                                 "pip install -e '.[torch]'")
     shape = (3, 4, 5, 2)
     ref = torch.nn.BatchNorm2d(4, momentum=0.2).double()
     ours = nn.BatchNorm(4, momentum=0.2)
