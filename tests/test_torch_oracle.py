@@ -25,8 +25,9 @@ Known differences (not bugs, kept out of the comparison and stated here):
   (frozen buffers); normref counts batches and averages cumulatively, as BatchNorm (documented in
   :mod:`normref.ops.instance_norm`; :func:`test_instance_norm_counting_and_cumulative_average` checks it against
   torch with ``momentum=1``).
-* normref's ``CrossEntropyLoss`` has no ``label_smoothing``, ``weight`` or ``ignore_index``; ``Conv2d`` has no
-  ``dilation`` or ``groups``; the attention's key-padding mask is tested in ``tests/test_attention_mask.py``.
+* ``Conv2d`` has no ``dilation`` or ``groups``; the attention's key-padding mask is tested in
+  ``tests/test_attention_mask.py``. ``CrossEntropyLoss`` refuses a negative ``weight`` or ``label_smoothing``, which
+  torch accepts (its values are compared on every option otherwise, at the end of this file).
 """
 
 from __future__ import annotations
@@ -444,3 +445,124 @@ def test_optimizer_matches_torch(name, ours_cls, torch_cls, kwargs):
                     assert ours.state[key][slot] == int(value) == step + 1
                 else:
                     check(ours.state[key][slot], value, f"step {step}: {key} {slot}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CrossEntropyLoss's options: weight x ignore_index x label_smoothing x reduction x (index | probability) targets, on
+# (N, C) and spatial (N, C, d1, d2) logits; the loss and dlogits against torch's autograd of (loss * dloss).sum().
+# ---------------------------------------------------------------------------------------------------------------------
+CE_IGNORE = {  # id: (ignore_index, which index targets are set to it)
+    "noignore": (-100, None),  # the default, but no target equals it
+    "ignored": (-100, "every third item"),  # the default, with ignored items
+    "ignoreclass": (2, "class 2"),  # an index inside [0, C): every target of class 2 is ignored
+}
+CE_INDEX_CASES = [(w, ig, ls, red, shape) for w in (False, True) for ig in CE_IGNORE for ls in (0.0, 0.3)
+                  for red in ("mean", "sum", "none") for shape in ((6, 5), (3, 4, 2, 3))]
+CE_PROB_CASES = [(w, ls, red, shape) for w in (False, True) for ls in (0.0, 0.3) for red in ("mean", "sum", "none")
+                 for shape in ((6, 5), (3, 4, 2, 3))]
+
+
+def ce_against_torch(logits, targets, reduction, dtype=np.float64, **options):
+    """normref's loss and dlogits (on ``logits`` cast to ``dtype``) for a random dloss, and torch's in float64."""
+    rng = np.random.default_rng(17)
+    ours = nn.CrossEntropyLoss(reduction, **options)
+    loss = ours(logits.astype(dtype), targets)
+    dloss = rng.normal(size=np.shape(loss)) if reduction == "none" else rng.normal()
+    dlogits = ours.backward(dloss)
+    if options.get("weight") is not None:
+        options = {**options, "weight": tensor(options["weight"])}
+    zt = tensor(logits, requires_grad=True)
+    tt = torch.from_numpy(targets) if targets.dtype.kind in "iu" else tensor(targets)
+    losst = T.CrossEntropyLoss(reduction=reduction, **options)(zt, tt)
+    (losst * tensor(dloss)).sum().backward()
+    return loss, dlogits, losst, zt.grad
+
+
+def ce_logits(rng, shape):
+    logits = 3.0 * rng.normal(size=shape)
+    logits[0] += 800.0  # far beyond exp's range: both must shift by the maximum over the classes
+    return logits
+
+
+@pytest.mark.parametrize("weighted,ignore,smoothing,reduction,shape", CE_INDEX_CASES,
+                         ids=[f"{'w' if w else 'now'}-{ig}-ls{ls}-{red}-{len(s)}d" for w, ig, ls, red, s in
+                              CE_INDEX_CASES])
+def test_cross_entropy_options_match_torch(weighted, ignore, smoothing, reduction, shape):
+    rng = np.random.default_rng(len(shape))
+    c = shape[1]
+    logits = ce_logits(rng, shape)
+    targets = rng.integers(0, c, size=shape[:1] + shape[2:])
+    ignore_index, which = CE_IGNORE[ignore]
+    if which == "every third item":
+        targets.flat[::3] = ignore_index
+    elif which == "class 2":
+        targets.flat[1::4] = 2  # make sure class 2 occurs
+    assert which is None or 0 < (targets == ignore_index).sum() < targets.size  # some ignored, some kept
+    # weights spread over a factor of 10, so a mean divided by N (or by the count of kept items) is far off
+    weight = rng.uniform(0.2, 2.0, c) if weighted else None
+    loss, dlogits, losst, dlogitst = ce_against_torch(logits, targets, reduction, weight=weight,
+                                                      ignore_index=ignore_index, label_smoothing=smoothing)
+    check(loss, losst, "loss")
+    check(dlogits, dlogitst, "dlogits")
+    if which is not None:  # ignored items: loss 0 ("none") and exactly zero gradient
+        ignored = np.moveaxis(dlogits, 1, -1)[targets == ignore_index]
+        assert not ignored.any()
+        if reduction == "none":
+            assert not loss[targets == ignore_index].any()
+
+
+@pytest.mark.parametrize("weighted,smoothing,reduction,shape", CE_PROB_CASES,
+                         ids=[f"{'w' if w else 'now'}-ls{ls}-{red}-{len(s)}d" for w, ls, red, s in CE_PROB_CASES])
+def test_cross_entropy_probability_targets_match_torch(weighted, smoothing, reduction, shape):
+    rng = np.random.default_rng(10 + len(shape))
+    c = shape[1]
+    logits = ce_logits(rng, shape)
+    if len(shape) == 2:  # proper distributions
+        probs = np.moveaxis(rng.dirichlet(np.ones(c), size=shape[:1] + shape[2:]), -1, 1)
+    else:  # rows that do not sum to 1: neither side checks, and the formulas hold for any targets
+        probs = rng.uniform(0.0, 1.5, size=shape)
+    weight = rng.uniform(0.2, 2.0, c) if weighted else None
+    loss, dlogits, losst, dlogitst = ce_against_torch(logits, probs, reduction, weight=weight,
+                                                      label_smoothing=smoothing)
+    check(loss, losst, "loss")
+    check(dlogits, dlogitst, "dlogits")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_degenerate_denominators_match_torch(weighted, smoothing):
+    """A mean over no kept item is 0/0: NaN loss and, for the ignored items, exactly zero gradient (torch's masking);
+    kept items whose weights total 0 get 0·(1/0) = NaN gradients in both. ``"sum"`` of nothing is 0."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 3))
+    weight = rng.uniform(0.5, 1.5, 3) if weighted else None
+    all_ignored = np.full(4, -100)
+    loss, dlogits, losst, dlogitst = ce_against_torch(logits, all_ignored, "mean", weight=weight,
+                                                      label_smoothing=smoothing)
+    assert np.isnan(loss) and torch.isnan(losst)
+    assert not dlogits.any() and not dlogitst.any()
+    loss, dlogits, losst, dlogitst = ce_against_torch(logits, all_ignored, "sum", weight=weight,
+                                                      label_smoothing=smoothing)
+    assert float(loss) == losst.item() == 0.0 and not dlogits.any() and not dlogitst.any()
+    if weighted:
+        zero_weight = np.array([0.0, 0.0, 1.0])  # every kept target is of a zero-weight class
+        loss, dlogits, losst, dlogitst = ce_against_torch(logits, np.array([0, 1, -100, 1]), "mean",
+                                                          weight=zero_weight, label_smoothing=smoothing)
+        # NaN also with smoothing, where the smoothing part alone is positive over 0: torch's one-hot part is 0/0
+        assert np.isnan(loss) and torch.isnan(losst)
+        np.testing.assert_array_equal(np.isnan(dlogits), torch.isnan(dlogitst).numpy())
+        assert np.isnan(dlogits[[0, 1, 3]]).all() and not dlogits[2].any()
+
+
+def test_cross_entropy_options_keep_float32():
+    """float32 logits with float64 weights and targets: float32 loss and gradient, within float32 rounding of torch's
+    float64 (eps32 = 6e-8 times sums over at most 4·5 terms of order 1; 1e-5 leaves a margin and is far below any
+    convention difference, e.g. ε/C = 0.06)."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(4, 5))
+    for targets in (np.array([0, 4, -100, 2]), np.moveaxis(rng.dirichlet(np.ones(5), size=4), -1, 1)):
+        options = {"weight": rng.uniform(0.2, 2.0, 5), "label_smoothing": 0.3}
+        loss, dlogits, losst, dlogitst = ce_against_torch(logits, targets, "mean", dtype=np.float32, **options)
+        assert loss.dtype == np.float32 and dlogits.dtype == np.float32
+        check(loss, losst, "float32 loss", tol=1e-5)
+        check(dlogits, dlogitst, "float32 dlogits", tol=1e-5)

@@ -13,7 +13,8 @@ Two blocks are not maps ``x -> y`` of float arrays, so they are checked through 
 * :class:`PaddedAttentionProbe`: self-attention with a fixed key-padding mask (:func:`padding_mask`), which covers
   trailing and leading padding, queries left with no key (causal + leading padding) and an all-padding sequence.
 * :class:`LossProbe`: a loss with fixed targets, ``y = loss(x, targets)`` as a ``(1,)`` array, so the checker's random
-  ``dy`` plays ``dloss``.
+  ``dy`` plays ``dloss``. The cross-entropy options (class weights, label smoothing, ignored items, spatial
+  ``(N, C, d1, ...)`` logits, class-probability targets) each get their own spec.
 
 ``affine`` means ``bias`` for Linear, Conv2d and attention; blocks without the switch list ``(True,)``. Blocks whose
 forward does not depend on the mode are checked in ``train`` only; Dropout and the BatchNorm model in both.
@@ -121,6 +122,24 @@ def _cross_entropy(shape, affine, reduction="mean"):
     return LossProbe(nn.CrossEntropyLoss(reduction), targets)
 
 
+def _cross_entropy_options(shape, affine, reduction="mean"):
+    """Class weights, label smoothing 0.2 and ignored items (the first and every fifth): every term of the loss."""
+    rng = np.random.default_rng(7)
+    c = shape[1]
+    targets = rng.integers(0, c, size=shape[:1] + shape[2:])
+    targets.flat[::5] = -100
+    loss = nn.CrossEntropyLoss(reduction, weight=rng.uniform(0.2, 2.0, c), ignore_index=-100, label_smoothing=0.2)
+    return LossProbe(loss, targets)
+
+
+def _cross_entropy_probs(shape, affine):
+    """Class-probability targets (rows of a Dirichlet draw), with class weights and label smoothing 0.1."""
+    rng = np.random.default_rng(8)
+    c = shape[1]
+    probs = np.moveaxis(rng.dirichlet(np.ones(c), size=shape[:1] + shape[2:]), -1, 1)
+    return LossProbe(nn.CrossEntropyLoss(weight=rng.uniform(0.2, 2.0, c), label_smoothing=0.1), probs)
+
+
 def _mse(shape, affine):
     return LossProbe(nn.MSELoss(), np.random.default_rng(6).standard_normal(shape))
 
@@ -226,6 +245,16 @@ SPECS = [
               modes=TRAIN, affine=NO_SWITCH, make_input=lambda rng, s: 3.0 * rng.standard_normal(s)),
     LayerSpec(name="CrossEntropyLoss-none", op="cross_entropy", make=lambda s, a: _cross_entropy(s, a, "none"),
               shapes=((4, 5),), modes=TRAIN, affine=NO_SWITCH, make_input=lambda rng, s: 3.0 * rng.standard_normal(s)),
+    LayerSpec(name="CrossEntropyLoss-options", op="cross_entropy", make=_cross_entropy_options,
+              shapes=((6, 4), (2, 3, 2, 3)), modes=TRAIN, affine=NO_SWITCH,
+              make_input=lambda rng, s: 3.0 * rng.standard_normal(s), citation="PyTorch's F.cross_entropy"),
+    LayerSpec(name="CrossEntropyLoss-options-none", op="cross_entropy",
+              make=lambda s, a: _cross_entropy_options(s, a, "none"), shapes=((6, 4), (2, 3, 5)), modes=TRAIN,
+              affine=NO_SWITCH, make_input=lambda rng, s: 3.0 * rng.standard_normal(s),
+              citation="PyTorch's F.cross_entropy"),
+    LayerSpec(name="CrossEntropyLoss-probs", op="cross_entropy", make=_cross_entropy_probs,
+              shapes=((4, 5), (2, 3, 4)), modes=TRAIN, affine=NO_SWITCH,
+              make_input=lambda rng, s: 3.0 * rng.standard_normal(s), citation="PyTorch's F.cross_entropy"),
     LayerSpec(name="MSELoss", op="mse_loss", make=_mse, shapes=((4, 5), (3,)), modes=TRAIN, affine=NO_SWITCH,
               make_input=normal_input),
     # Containers: op "" = a composite of numpy ops, checked on the numpy backend only.
