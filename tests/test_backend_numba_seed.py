@@ -525,3 +525,292 @@ def test_seed_specs_registered_on_numba():
 def test_seed_gradcheck_on_numba(spec, mode, affine):
     report = check(spec, mode=mode, affine=affine, backend="numba")
     assert report.passed, "\n" + report.table()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DyT (normref/kernels/numba_cpu/dyt.py) and test-time BN calibration, alpha_batch_norm (.../test_time_bn.py)
+
+import re  # noqa: E402
+
+
+def dyt_params(rng, channels, dtype, affine):
+    """Random alpha (either sign), and gamma/beta for affine "both", gamma only for "gamma", neither for "none"."""
+    alpha = rng.uniform(-1.5, 1.5, 1).astype(dtype)
+    gamma = rng.standard_normal(channels).astype(dtype) if affine != "none" else None
+    beta = rng.standard_normal(channels).astype(dtype) if affine == "both" else None
+    return [alpha, gamma, beta]
+
+
+# (shape, channels_last): both layouts of the kernel (gamma per column / per row), N = 1 and 2, 1-D input, an (N, C)
+# and an (N, C, 1, 1) input with channels first (per-column layout), rows longer than one BLOCK (1024) of the
+# backward's pieces in both layouts, more rows than the 32 chunks and more than DEPTH = 16 rows per chunk.
+DYT_CASES = [((3, 4, 5), True), ((3, 4, 5), False), ((1, 7), True), ((1, 3, 5), False), ((2, 5), False), ((7,), True),
+             ((2, 3, 1, 1), False), ((2, 3, 1100), False), ((37, 1100), True), ((600, 5), True)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("affine", ["both", "gamma", "none"])
+@pytest.mark.parametrize("shape,channels_last", DYT_CASES,
+                         ids=["x".join(map(str, s)) + ("-last" if cl else "-first") for s, cl in DYT_CASES])
+def test_dyt_agrees(shape, channels_last, affine, dtype):
+    rng = np.random.default_rng(20)
+    x = (1.5 * rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    params = dyt_params(rng, shape[-1] if channels_last else shape[1], dtype, affine)
+    y_ref, cache_ref = F.forward("dyt", x, *params, backend="numpy", channels_last=channels_last)
+    y, cache = F.forward("dyt", x, *params, backend="numba", channels_last=channels_last)
+    assert cache.backend == "numba"
+    assert_close(y, y_ref, dtype, "y")
+    dx, dalpha, dgamma, dbeta = F.backward("dyt", dy, cache)
+    dx_ref, dalpha_ref, dgamma_ref, dbeta_ref = F.backward("dyt", dy, cache_ref)
+    for got, want, what in ((dx, dx_ref, "dx"), (dgamma, dgamma_ref, "dgamma"), (dbeta, dbeta_ref, "dbeta")):
+        assert_close(got, want, dtype, what)
+    assert dalpha.shape == (1,) and dalpha.dtype == dtype
+    if dtype == np.float64:
+        assert_close(dalpha, dalpha_ref, dtype, "dalpha")
+        return
+    # float32 dalpha is ONE sum of random-sign terms over every element, so it can cancel to far below the terms:
+    # relative to |dalpha| neither backend is within 1e-5 of the float64 truth (worst of 400 random draws:
+    # 2.7e-5 this kernel, 2.9e-5 NumPy's own float32). The kernel's error bound is in Σ|terms| (_common.py), so
+    # compare with the float64 reference at the same float32 values on that scale.
+    wide = [None if p is None else p.astype(np.float64) for p in params]
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    _, cache64 = F.forward("dyt", x64, *wide, backend="numpy", channels_last=channels_last)
+    exact = F.backward("dyt", dy64, cache64)[1][0]
+    g = dy64 if cache64.gamma_b is None else dy64 * cache64.gamma_b
+    scale = np.abs(g * x64 * (1 - cache64.t ** 2)).sum()
+    assert abs(float(dalpha[0]) - exact) <= TOL[dtype] * scale, (float(dalpha[0]), exact, scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_dyt_tanh_agrees_with_numpy(dtype):
+    """With α = 1 and no affine, y is Numba's np.tanh (the C library's) of x: NumPy's np.tanh to ≤ 1e-12 / 1e-5
+    norm-relative, and within 4 ulp elementwise (each is within ~2 ulp of the exact value), over 8 decades, ±inf."""
+    rng = np.random.default_rng(21)
+    x = np.concatenate([rng.standard_normal(2000) * s for s in (1e-6, 1e-2, 1.0, 10.0, 100.0)]
+                       + [[0.0, -0.0, np.inf, -np.inf, 20.0, -20.0]]).astype(dtype)
+    y, _ = F.forward("dyt", x, np.ones(1, dtype), backend="numba")
+    want = np.tanh(x)
+    assert norm_rel_error(y, want) <= TOL[dtype]
+    assert np.all(np.abs(y - want) <= 4 * np.spacing(np.abs(want)))
+    assert y[-4] == 1 and y[-3] == -1
+
+
+def test_dyt_out_and_nothing_mutated():
+    """``out=`` receives y and dx (the same values as fresh arrays); x, the parameters, dy and the cache are not
+    modified; an ``out`` overlapping an input is refused."""
+    impl = get_impl("dyt", "numba")
+    rng = np.random.default_rng(22)
+    for channels_last in (True, False):
+        x, dy = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
+        params = dyt_params(rng, 5 if channels_last else 4, np.float64, "both")
+        before = [np.copy(a) for a in (x, dy, *params)]
+        y, cache = impl.forward(x, *params, channels_last=channels_last)
+        cached = [np.copy(a) for a in (cache.x, cache.t, cache.alpha, cache.gamma)]
+        grads = impl.backward(dy, cache)
+        buffer, dx_buffer = np.empty_like(x), np.empty_like(x)
+        y_out, cache_out = impl.forward(x, *params, channels_last=channels_last, out=buffer)
+        grads_out = impl.backward(dy, cache_out, out=dx_buffer)
+        assert y_out is buffer and np.array_equal(buffer, y)
+        assert grads_out[0] is dx_buffer
+        for a, b in zip(grads, grads_out):
+            assert np.array_equal(a, b)
+        for a, b in zip(before + cached, (x, dy, *params, cache.x, cache.t, cache.alpha, cache.gamma)):
+            assert np.array_equal(a, b)
+        with pytest.raises(ValueError, match="overlap"):
+            impl.forward(x, *params, channels_last=channels_last, out=x)
+        with pytest.raises(ValueError, match="overlap"):
+            impl.backward(dy, cache, out=dy)
+
+
+def test_dyt_validation_like_the_reference_and_complex_refused():
+    x = np.ones((2, 3, 4))
+    bad = [(x, [None], {}), (x, [np.ones(2)], {}), (x, [np.ones(1), np.ones(3)], {}),
+           (np.ones(4), [np.ones(1)], {"channels_last": False}), (np.ones((2, 0)), [np.ones(1)], {})]
+    for xx, params, hyper in bad:
+        with pytest.raises((TypeError, ValueError)) as ref:
+            F.forward("dyt", xx, *params, backend="numpy", **hyper)
+        with pytest.raises(type(ref.value), match=re.escape(str(ref.value))):
+            F.forward("dyt", xx, *params, backend="numba", **hyper)
+    with pytest.raises(TypeError, match="x must have a float32 or float64 dtype, got int64"):
+        F.forward("dyt", x.astype(np.int64), np.ones(1), backend="numba")
+    for name, args in (("x", (x.astype(complex), np.ones(1))), ("alpha", (x, np.ones(1, complex))),
+                       ("gamma", (x, np.ones(1), np.ones(4, complex))),
+                       ("beta", (x, np.ones(1), None, np.ones(4, complex)))):
+        with pytest.raises(TypeError, match=name):
+            F.forward("dyt", *args, backend="numba")
+    _, cache = F.forward("dyt", x, np.ones(1), backend="numba")
+    with pytest.raises(TypeError, match="dy"):
+        F.backward("dyt", x.astype(complex), cache)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_dyt_non_contiguous_inputs(channels_last):
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((3, 4, 12))[..., ::2]
+    dy = np.asfortranarray(rng.standard_normal((3, 4, 6)))
+    c = 6 if channels_last else 4
+    params = [rng.uniform(0.2, 1.0, 2)[::2], rng.standard_normal(2 * c)[::2], rng.standard_normal(2 * c)[::2]]
+    assert not x.flags.c_contiguous and not dy.flags.c_contiguous and not params[1].flags.c_contiguous
+    compare("dyt", x, params, dy, np.float64, channels_last=channels_last)
+
+
+def source_stats_for(rng, channels, dtype):
+    """Source statistics far from any test batch's (as the calibration specs use)."""
+    return ((10 + 3 * rng.standard_normal(channels)).astype(dtype), (20 + 5 * rng.random(channels)).astype(dtype))
+
+
+# w_test: a scalar, per channel, 0 (BatchNorm eval), 1 (BatchNorm train); linear and mixture variance; unbiased;
+# stop-gradient; given (pinned) test statistics. "pc" stands for a per-channel weight, "given" for random stats.
+ABN_HYPER = [dict(w_test=0.3), dict(w_test="pc"), dict(w_test=0.0), dict(w_test=1.0),
+             dict(w_test=0.3, mixture_variance=True), dict(w_test="pc", mixture_variance=True),
+             dict(w_test=0.4, unbiased=True), dict(w_test=0.4, unbiased=True, mixture_variance=True),
+             dict(w_test=0.3, stats_grad=False), dict(w_test=0.6, mixture_variance=True, stats="given")]
+ABN_SHAPES = [(6, 3, 4), (5, 2), (2, 3, 3, 2), (1, 4, 7), (2, 3, 1100)]
+
+
+def abn_hyper(rng, hyper, channels, dtype):
+    out = dict(hyper, source_stats=source_stats_for(rng, channels, dtype))
+    if isinstance(out["w_test"], str):
+        out["w_test"] = np.linspace(0.1, 0.9, channels)
+    if out.get("stats") == "given":
+        out["stats"] = (rng.standard_normal(channels).astype(dtype), rng.uniform(0.5, 3, channels).astype(dtype))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("hyper", ABN_HYPER, ids=["-".join(f"{k}{v}" for k, v in h.items()) for h in ABN_HYPER])
+@pytest.mark.parametrize("shape", ABN_SHAPES, ids=["x".join(map(str, s)) for s in ABN_SHAPES])
+def test_alpha_batch_norm_agrees(shape, hyper, affine, dtype):
+    rng = np.random.default_rng(24)
+    c = shape[1]
+    x = (4 * rng.standard_normal(shape) + 7).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    params = [rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)] if affine else []
+    cache, cache_ref = compare("alpha_batch_norm", x, params, dy, dtype, **abn_hyper(rng, hyper, c, dtype))
+    assert_close(cache.test_mean, cache_ref.test_mean, dtype, "test_mean")
+    assert_close(cache.test_var, cache_ref.test_var, dtype, "test_var")
+
+
+def test_alpha_batch_norm_limits_are_batch_norm():
+    """w_test = 1 is BatchNorm with batch statistics, w_test = 0 BatchNorm with the source statistics, on "numba"."""
+    rng = np.random.default_rng(25)
+    x, dy = 3 * rng.standard_normal((4, 3, 5)) + 2, rng.standard_normal((4, 3, 5))
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    src = source_stats_for(rng, 3, np.float64)
+    for w, stats in ((1.0, None), (0.0, src)):
+        y, cache = F.forward("alpha_batch_norm", x, gamma, beta, backend="numba", source_stats=src, w_test=w)
+        y_bn, cache_bn = F.forward("batch_norm", x, gamma, beta, backend="numba", stats=stats)
+        assert norm_rel_error(y, y_bn) <= 1e-13
+        for got, want in zip(F.backward("alpha_batch_norm", dy, cache), F.backward("batch_norm", dy, cache_bn)):
+            assert norm_rel_error(got, want) <= 1e-13
+
+
+def test_alpha_batch_norm_out_and_nothing_mutated():
+    impl = get_impl("alpha_batch_norm", "numba")
+    rng = np.random.default_rng(26)
+    x, dy = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    src, w = source_stats_for(rng, 4, np.float64), np.linspace(0.2, 0.8, 4)
+    hyper = dict(source_stats=src, w_test=w, mixture_variance=True)
+    before = [np.copy(a) for a in (x, dy, gamma, beta, *src, w)]
+    y, cache = impl.forward(x, gamma, beta, **hyper)
+    grads = impl.backward(dy, cache)
+    buffer, dx_buffer = np.empty_like(x), np.empty_like(x)
+    y_out, cache_out = impl.forward(x, gamma, beta, out=buffer, **hyper)
+    grads_out = impl.backward(dy, cache_out, out=dx_buffer)
+    assert y_out is buffer and np.array_equal(buffer, y) and grads_out[0] is dx_buffer
+    for a, b in zip(grads, grads_out):
+        assert np.array_equal(a, b)
+    for a, b in zip(before, (x, dy, gamma, beta, *src, w)):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="overlap"):
+        impl.forward(x, gamma, beta, out=x, **hyper)
+
+
+def test_alpha_batch_norm_validation_like_the_reference_and_complex_refused():
+    x, src = np.ones((2, 3, 4)), (np.zeros(3), np.ones(3))
+    bad = [(x, dict(source_stats=src, w_test=1.5)), (x, dict(source_stats=src, w_test=np.ones(4))),
+           (x, dict(source_stats=src, eps=-1.0)), (x, dict(source_stats=(np.zeros(3),))),
+           (x, dict(source_stats=(np.zeros(3), None))), (np.ones((1, 3)), dict(source_stats=src, unbiased=True)),
+           (np.ones(3), dict(source_stats=src)), (x, dict(source_stats=src, stats=(np.zeros(2), np.ones(2))))]
+    for xx, hyper in bad:
+        with pytest.raises((TypeError, ValueError)) as ref:
+            F.forward("alpha_batch_norm", xx, backend="numpy", **hyper)
+        with pytest.raises(type(ref.value), match=re.escape(str(ref.value))):
+            F.forward("alpha_batch_norm", xx, backend="numba", **hyper)
+    complex_src = (np.zeros(3, complex), np.ones(3))
+    for name, args, hyper in (("x", (x.astype(complex),), dict(source_stats=src)),
+                              ("gamma", (x, np.ones(3, complex)), dict(source_stats=src)),
+                              ("source_stats", (x,), dict(source_stats=complex_src)),
+                              ("stats", (x,), dict(source_stats=src, stats=complex_src))):
+        with pytest.raises(TypeError, match=re.escape(name)):
+            F.forward("alpha_batch_norm", *args, backend="numba", **hyper)
+    _, cache = F.forward("alpha_batch_norm", x, backend="numba", source_stats=src)
+    with pytest.raises(TypeError, match="dy"):
+        F.backward("alpha_batch_norm", x.astype(complex), cache)
+
+
+def test_alpha_batch_norm_non_contiguous_inputs():
+    rng = np.random.default_rng(27)
+    x = (4 * rng.standard_normal((3, 4, 12)) + 7)[..., ::2]
+    dy = np.asfortranarray(rng.standard_normal((3, 4, 6)))
+    params = [rng.standard_normal(8)[::2], rng.standard_normal(8)[::2]]
+    src = tuple(s[::2] for s in source_stats_for(rng, 8, np.float64))
+    assert not x.flags.c_contiguous and not dy.flags.c_contiguous and not src[0].flags.c_contiguous
+    compare("alpha_batch_norm", x, params, dy, np.float64, source_stats=src, w_test=0.3, mixture_variance=True)
+
+
+# float32, 336 KB each: above the 256 KB under which a kernel runs on the calling thread only. DyT per column: 600
+# rows = 32 chunks of 19 rows (> DEPTH); per row: 280 rows of 300 values.
+DYT_ABN_DETERMINISM = [("dyt", (600, 140), {"channels_last": True}), ("dyt", (70, 4, 300), {"channels_last": False}),
+                       ("alpha_batch_norm", (70, 4, 300), {"w_test": np.linspace(0.2, 0.8, 4),
+                                                           "mixture_variance": True, "unbiased": True})]
+
+
+@pytest.mark.parametrize("op,shape,hyper", DYT_ABN_DETERMINISM,
+                         ids=[f"{op}-{'x'.join(map(str, s))}" for op, s, _ in DYT_ABN_DETERMINISM])
+def test_dyt_and_alpha_batch_norm_deterministic(op, shape, hyper):
+    """Bitwise equal results on two threads, again, and on one thread."""
+    rng = np.random.default_rng(28)
+    x = (2 * rng.standard_normal(shape) + 1).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    if op == "dyt":
+        params = dyt_params(rng, shape[-1] if hyper["channels_last"] else shape[1], np.float32, "both")
+    else:
+        params = [rng.standard_normal(shape[1]).astype(np.float32) for _ in range(2)]
+        hyper = dict(hyper, source_stats=source_stats_for(rng, shape[1], np.float32))
+
+    def run_once():
+        y, cache = F.forward(op, x, *params, backend="numba", **hyper)
+        return [y, *F.backward(op, dy, cache)]
+
+    first, second = run_once(), run_once()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = run_once()
+    finally:
+        numba.set_num_threads(previous)
+    for other in (second, single):
+        for a, b in zip(first, other):
+            assert np.array_equal(a, b)
+
+
+DYT_ABN_SPECS = {"DyT", "AlphaBatchNorm", "AlphaBatchNorm-sg", "AlphaBatchNorm-ttn"}
+DYT_ABN_CASES = [(s, mode, affine) for s in all_specs() if s.name in DYT_ABN_SPECS
+                 for mode in s.modes for affine in s.affine]
+
+
+def test_dyt_and_alpha_batch_norm_registered_on_numba():
+    assert {s.name for s, _, _ in DYT_ABN_CASES} == DYT_ABN_SPECS
+    for op in ("dyt", "alpha_batch_norm"):
+        assert "numba" in available_op_backends(op)
+
+
+@pytest.mark.parametrize("spec,mode,affine", DYT_ABN_CASES,
+                         ids=[f"{s.name}-{m}-affine{a}" for s, m, a in DYT_ABN_CASES])
+def test_dyt_and_alpha_batch_norm_gradcheck_on_numba(spec, mode, affine):
+    report = check(spec, mode=mode, affine=affine, backend="numba")
+    assert report.passed, "\n" + report.table()

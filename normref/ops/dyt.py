@@ -37,6 +37,35 @@ from .._registry import register
 from .._validate import as_array, cast_like, check_affine, check_dy, check_nonempty, check_param
 
 
+class DyTArgs(NamedTuple):
+    """The validated arguments of :func:`dyt_forward` (shared by every backend)."""
+
+    x: np.ndarray  # the input, as an array
+    alpha: np.ndarray  # (1,), cast to x's dtype
+    gamma: np.ndarray | None  # (C,), cast to x's dtype
+    beta: np.ndarray | None  # (C,), cast to x's dtype
+    channel_axis: int  # the axis gamma and beta live on (non-negative)
+
+
+def dyt_args(x, alpha, gamma, beta, *, channels_last, allow_complex=True) -> DyTArgs:
+    """Validate the arguments of :func:`dyt_forward` (see it for their meaning).
+
+    ``allow_complex=False`` (the compiled backends) refuses complex ``x`` and parameters with a ``TypeError``
+    naming the argument.
+    """
+    x = as_array(x, "x", allow_complex=allow_complex)
+    check_nonempty(x, "x")
+    if x.ndim < (1 if channels_last else 2):
+        raise ValueError(f"x must have at least {1 if channels_last else 2} axes for channels_last="
+                         f"{bool(channels_last)}, got shape {x.shape}")
+    if alpha is None:
+        raise TypeError("alpha must be an array of shape (1,), got None (DyT without alpha is not DyT)")
+    alpha = cast_like(x, check_param(alpha, "alpha", (1,), allow_complex=allow_complex))
+    axis = x.ndim - 1 if channels_last else 1
+    gamma, beta = check_affine(x, gamma, beta, (x.shape[axis],), allow_complex=allow_complex)
+    return DyTArgs(x, alpha, gamma, beta, axis)
+
+
 class DyTCache(NamedTuple):
     x: np.ndarray  # (X) the input
     t: np.ndarray  # (X) tanh(alpha x)
@@ -65,16 +94,7 @@ def dyt_forward(x, alpha, gamma=None, beta=None, *, channels_last=True):
         >>> bool(np.allclose(y, 0.5 * x, atol=1e-7))
         True
     """
-    x = as_array(x, "x")
-    check_nonempty(x, "x")
-    if x.ndim < (1 if channels_last else 2):
-        raise ValueError(f"x must have at least {1 if channels_last else 2} axes for channels_last="
-                         f"{bool(channels_last)}, got shape {x.shape}")
-    if alpha is None:
-        raise TypeError("alpha must be an array of shape (1,), got None (DyT without alpha is not DyT)")
-    alpha = cast_like(x, check_param(alpha, "alpha", (1,)))
-    axis = x.ndim - 1 if channels_last else 1
-    gamma, beta = check_affine(x, gamma, beta, (x.shape[axis],))
+    x, alpha, gamma, beta, axis = dyt_args(x, alpha, gamma, beta, channels_last=channels_last)
     bshape = tuple(x.shape[axis] if i == axis else 1 for i in range(x.ndim))
     t = np.tanh(alpha[0] * x)
     gamma_b = None if gamma is None else gamma.reshape(bshape)

@@ -104,6 +104,58 @@ def check_w_test(w_test, num_channels: int) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+class AlphaBatchNormArgs(NamedTuple):
+    """The validated arguments of :func:`alpha_batch_norm_forward` (shared by every backend)."""
+
+    x: np.ndarray  # (N, C, *spatial)
+    gamma: np.ndarray | None  # (C,), cast to x's dtype
+    beta: np.ndarray | None  # (C,), cast to x's dtype
+    source_mean: np.ndarray  # (C,) mu_s, cast to x's dtype
+    source_var: np.ndarray  # (C,) sigma_s^2, cast to x's dtype
+    w: np.ndarray  # (C,) float64, the weight on the test statistics
+    eps: float
+    stats: tuple[np.ndarray, np.ndarray] | None  # given (mu_t, sigma_t^2), each (C,); None = from x
+
+    @property
+    def view(self) -> tuple[int, ...]:
+        """The keepdims shape of per-channel arrays, ``(1, C, 1, ...)``."""
+        return (1, self.x.shape[1]) + (1,) * (self.x.ndim - 2)
+
+    @property
+    def count(self) -> int:
+        """``m``, the values per channel."""
+        return self.x.size // self.x.shape[1]
+
+
+def alpha_batch_norm_args(x, gamma, beta, *, source_stats, w_test, eps, unbiased, stats,
+                          allow_complex=True) -> AlphaBatchNormArgs:
+    """Validate the arguments of :func:`alpha_batch_norm_forward` (see it for their meaning).
+
+    An unbiased test variance computed from ``x`` needs more than one value per channel. ``allow_complex=False``
+    (the compiled backends) refuses complex ``x``, parameters and statistics with a ``TypeError`` naming them.
+    """
+    x = as_array(x, "x", allow_complex=allow_complex)
+    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
+    check_nonempty(x, "x")
+    num_channels = x.shape[1]
+    gamma, beta = check_affine(x, gamma, beta, (num_channels,), allow_complex=allow_complex)
+    if not isinstance(source_stats, tuple) or len(source_stats) != 2:
+        raise TypeError("source_stats must be a tuple (running_mean, running_var) of (C,) arrays")
+    mu_s, var_s = (cast_like(x, check_param(s, name, (num_channels,), allow_complex=allow_complex))
+                   for s, name in zip(source_stats, ("source_stats[0] (mean)", "source_stats[1] (var)")))
+    if mu_s is None or var_s is None:
+        raise ValueError("source_stats must hold two (C,) arrays, got None")
+    eps = check_positive_float(eps, "eps", allow_zero=True)
+    w = check_w_test(w_test, num_channels)
+    if stats is None:
+        if unbiased and x.size // num_channels < 2:
+            raise ValueError(f"x must hold more than 1 value per channel for an unbiased test variance, got "
+                             f"shape {x.shape}")
+    else:
+        stats = check_stats(stats, (num_channels,), x, allow_complex=allow_complex)
+    return AlphaBatchNormArgs(x, gamma, beta, mu_s, var_s, w, eps, stats)
+
+
 def alpha_batch_norm_forward(x, gamma=None, beta=None, *, source_stats, w_test=0.1, eps=1e-5,
                              mixture_variance=False, unbiased=False, stats_grad=True, stats=None):
     """Normalize ``x`` with a mix of source and test-batch statistics (module docstring).
@@ -131,35 +183,21 @@ def alpha_batch_norm_forward(x, gamma=None, beta=None, *, source_stats, w_test=0
         >>> bool(np.allclose(y.mean(axis=0), 0))  # w_test = 1: BatchNorm with the batch statistics
         True
     """
-    x = as_array(x, "x")
-    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
-    check_nonempty(x, "x")
-    num_channels = x.shape[1]
-    gamma, beta = check_affine(x, gamma, beta, (num_channels,))
-    if not isinstance(source_stats, tuple) or len(source_stats) != 2:
-        raise TypeError("source_stats must be a tuple (running_mean, running_var) of (C,) arrays")
-    mu_s, var_s = (cast_like(x, check_param(s, name, (num_channels,)))
-                   for s, name in zip(source_stats, ("source_stats[0] (mean)", "source_stats[1] (var)")))
-    if mu_s is None or var_s is None:
-        raise ValueError("source_stats must hold two (C,) arrays, got None")
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    view = (1, num_channels) + (1,) * (x.ndim - 2)
+    a = alpha_batch_norm_args(x, gamma, beta, source_stats=source_stats, w_test=w_test, eps=eps, unbiased=unbiased,
+                              stats=stats)
+    x, gamma, beta, mu_s, var_s, eps = a.x, a.gamma, a.beta, a.source_mean, a.source_var, a.eps
+    num_channels, view, count = x.shape[1], a.view, a.count
     axes = (0,) + tuple(range(2, x.ndim))
-    count = x.size // num_channels
     real_dtype = np.empty(0, x.dtype).real.dtype  # float32 input keeps float32 arithmetic
-    w = check_w_test(w_test, num_channels).reshape(view).astype(real_dtype)
+    w = a.w.reshape(view).astype(real_dtype)
     k = 1.0
     if stats is None:
         mu_t, var_t = mean_var(x, axes)
         if unbiased:
-            if count < 2:
-                raise ValueError(f"x must hold more than 1 value per channel for an unbiased test variance, got "
-                                 f"shape {x.shape}")
             k = count / (count - 1)
             var_t = var_t * k
     else:
-        mu_t, var_t = check_stats(stats, (num_channels,), x)
-        mu_t, var_t = mu_t.reshape(view), var_t.reshape(view)
+        mu_t, var_t = a.stats[0].reshape(view), a.stats[1].reshape(view)
         stats_grad = False  # pinned statistics are constants
     mu_s, var_s = mu_s.reshape(view), var_s.reshape(view)
     mean = w * mu_t + (1.0 - w) * mu_s

@@ -5,7 +5,10 @@ Importing this package registers, on the ``"numba"`` backend, ``batch_norm``, ``
 and the seed layers whose reductions are hot: ``evonorm_b0`` (column-wise), ``evonorm_s0`` (row-wise, per-channel
 parameters), ``weight_standardization`` and ``scaled_weight_standardization`` (row-wise over the fan-in) and
 ``power_norm`` (with ``pad_mask``; its surrogate backward is the op ``power_norm_approx``; see
-:mod:`.power_norm`).
+:mod:`.power_norm`), ``dyt`` (Dynamic Tanh: fused elementwise forward storing ``tanh(αx)``, row-chunked backward with
+the two-stage reduction of ``dα``, ``dγ``, ``dβ``; :mod:`.dyt`) and ``alpha_batch_norm`` (test-time BN calibration:
+the column-wise statistics and BatchNorm's given-statistics kernel, then its own backward through the mixed
+statistics; :mod:`.test_time_bn`).
 :mod:`normref._registry` imports it lazily the first time the backend is asked for.
 
 Two templates carry all five layers:
@@ -15,8 +18,9 @@ Two templates carry all five layers:
   reduction of the parameter gradients;
 * :mod:`._colwise`: one statistic per channel of an ``(N, C, S)`` view (BatchNorm), ``prange`` over channels.
 
-The seed-layer kernels (:mod:`.evonorm`, :mod:`.weight_standardization`, :mod:`.power_norm`) follow the same two
-patterns with their own fused loops; each module's docstring says which, and its passes over memory.
+The seed-layer kernels (:mod:`.evonorm`, :mod:`.weight_standardization`, :mod:`.power_norm`, :mod:`.dyt`,
+:mod:`.test_time_bn`) follow the same two patterns with their own fused loops; each module's docstring says which,
+and its passes over memory.
 
 Compile options (``parallel=True, fastmath=False, cache=True``), the lane-blocked sums with their error bound, and
 the array boundary (including ``out=``, which every forward and backward takes) are in :mod:`._common`.
@@ -25,3 +29,4 @@ Tutorial ``08_from_numpy_to_numba`` walks through the design; ``normref bench`` 
 
 from . import batch_channel_norm, batch_norm, group_norm, instance_norm, layer_norm, rms_norm  # noqa: F401
 from . import evonorm, power_norm, weight_standardization  # noqa: F401
+from . import dyt, test_time_bn  # noqa: F401

@@ -46,6 +46,18 @@ def chan_merge_equal(count, mean, m2, count_b, mean_b, m2_b):
     return total, mean + delta * (count_b / total), m2 + m2_b + delta * delta * (count * count_b / total)
 
 
+@njit(**HELPER)
+def channel_moments(x, c, lanes, wide):
+    """``(mean, var)`` (biased, float64) of channel ``c`` of the ``(N, C, S)`` ``x``: each slice's two-pass moments,
+    Chan-merged across the ``N`` slices (see "Statistics" above)."""
+    batch, size = x.shape[0], x.shape[2]
+    count, mu, m2 = 0.0, 0.0, 0.0
+    for i in range(batch):
+        mu_i, var_i = moments(x[i, c], lanes, wide)
+        count, mu, m2 = chan_merge_equal(count, mu, m2, float(size), mu_i, var_i * size)
+    return mu, m2 / count
+
+
 @njit(parallel=True, fastmath=False, cache=True)
 def channels_forward(x, gamma, beta, eps, batch_stats, mean, var, rstd, y):
     """Normalize each channel of ``x`` over its batch and spatial values, per-channel affine.
@@ -63,12 +75,7 @@ def channels_forward(x, gamma, beta, eps, batch_stats, mean, var, rstd, y):
     for c in prange(channels):  # iteration c owns channel c: mean[c], var[c], rstd[c] and y[:, c, :]
         lanes, wide = np.empty((2, LANES), x.dtype), np.empty((2, LANES))
         if batch_stats:
-            count, mu, m2 = 0.0, 0.0, 0.0
-            for i in range(batch):
-                mu_i, var_i = moments(x[i, c], lanes, wide)
-                count, mu, m2 = chan_merge_equal(count, mu, m2, float(size), mu_i, var_i * size)
-            mean[c] = mu
-            var[c] = m2 / count
+            mean[c], var[c] = channel_moments(x, c, lanes, wide)
         rstd[c] = 1.0 / np.sqrt(var[c] + eps)
         m, s = x.dtype.type(mean[c]), x.dtype.type(rstd[c])
         g, b = gamma[c], beta[c]
