@@ -29,16 +29,15 @@ Resumable: each run writes a checkpoint (model, optimizer, measurements so far) 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, config_key, figure_dirs, save  # noqa: E402
 
 from normref import optim  # noqa: E402
 from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: E402
@@ -61,10 +60,6 @@ FULL = dict(widths=(8, 16), epochs=8, batch_size=32, lr=0.05, momentum=0.9, ever
 MATCHED_LOSS = (0.05, 0.5)  # measured steps whose mini-batch loss lies in this band, for the matched-progress summary
 QUICK = dict(widths=(4, 8), epochs=1, batch_size=32, lr=0.05, momentum=0.9, every=6, n_train=192, seed=0)
 
-
-
-def config_key(cfg: dict) -> str:
-    return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def load_data(cfg):
@@ -196,15 +191,12 @@ def plot(results: dict, cfg: dict, path: Path, quick: bool) -> None:
                  rf"$\eta\in$[{etas[0]:.2f}, {etas[-1]:.2f}] ({len(etas)} steps) along $-g_t$ on the step's "
                  f"mini-batch, train-mode BN" + (" [QUICK MODE: tiny run]" if quick else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(path, dpi=80 if quick else 150)
-    plt.close(fig)
+    save(fig, path, dpi=80 if quick else 150)
 
 
 def main(out_dir, quick: bool = False) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache = figure_dirs(out_dir, NAME, quick, split_cache=False)  # the config key tells modes apart
     cfg = QUICK if quick else FULL
-    cache = out_dir / "cache" / NAME
     with one_blas_thread():
         results = {norm: run(norm, cfg, cache) for norm in NORMS}
     plot(results, cfg, out_dir / f"{NAME}.png", quick)
@@ -215,4 +207,4 @@ def main(out_dir, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(__file__).resolve().parent / "gallery", quick="--quick" in sys.argv), indent=1))
+    cli(main)

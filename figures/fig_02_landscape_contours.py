@@ -31,14 +31,14 @@ Resumable: the networks checkpoint every epoch and every plane/line is a resumab
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, figure_dirs, save  # noqa: E402
 
 from normref import optim  # noqa: E402
 from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: E402
@@ -57,7 +57,6 @@ FULL = dict(widths=(8, 16), blocks=2, epochs=8, lr=3e-3, n_train=None, n_eval=25
             line=31, workers=None, dpi=150)
 QUICK = dict(widths=(4, 8), blocks=1, epochs=1, lr=3e-3, n_train=96, n_eval=32, n_recompute=64, grid=5, line=3,
              workers=1, dpi=80)
-
 
 
 def trained_net(norm, skip, cfg, train_set, cache: Path):
@@ -144,16 +143,12 @@ def plot(results, cfg, path: Path):
                  f"(widths {cfg['widths']}) on digits, {cfg['grid']}x{cfg['grid']} grid on [-1, 1]², loss on "
                  f"{cfg['n_eval']} training images\nBN-statistics policy of the contours: bn=\"running\" (eval mode, "
                  f"running statistics of θ*, as in Li et al.'s code)", fontsize=10)
-    fig.savefig(path, dpi=cfg["dpi"])
-    plt.close(fig)
+    save(fig, path, dpi=cfg["dpi"])
 
 
 def main(out_dir, quick: bool = False) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache = figure_dirs(out_dir, NAME, quick)
     cfg = QUICK if quick else FULL
-    cache = out_dir / "cache" / NAME / ("quick" if quick else "full")
-    cache.mkdir(parents=True, exist_ok=True)
     with one_blas_thread():
         results = measure(cfg, cache, progress=not quick)
     plot(results, cfg, out_dir / f"{NAME}.png")
@@ -166,5 +161,4 @@ def main(out_dir, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "gallery"
-    print(json.dumps(main(target, quick=os.environ.get("QUICK") == "1"), indent=1))
+    cli(main)

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, figure_dirs, save, write_json  # noqa: E402
 
 from normref import optim  # noqa: E402
 from normref.data import DataLoader, Dataset, load_digits, train_val_test_split  # noqa: E402
@@ -66,7 +67,6 @@ FULL = dict(classes=(2, 4, 6, 8, 10), hidden=(64, 64), epochs=2, lr=0.05, n_per_
             slq_m=80, slq_runs=3, seed=0, dpi=150)
 QUICK = dict(classes=(2, 4), hidden=(16, 16), epochs=1, lr=0.05, n_per_class=40, extra=4, tol=1e-3, slq_m=20,
              slq_runs=1, seed=0, dpi=80)
-
 
 
 def class_subset(train: Dataset, num_classes: int, n_per_class) -> Dataset:
@@ -140,9 +140,7 @@ def measure(num_classes: int, cfg, cache: Path, progress: bool) -> dict:
             run = slq(f, cfg["slq_m"], cfg["slq_runs"], store=cache / f"slq-C{num_classes}-{name}", progress=progress)
             out[name]["slq_nodes"] = [x.tolist() for x in run.nodes]
             out[name]["slq_weights"] = [w.tolist() for w in run.weights]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
+    write_json(path, out)
     return out
 
 
@@ -209,16 +207,12 @@ def plot(results: dict, cfg, path: Path):
                  f"(batch statistics) and the same BN weights with population statistics\nexact complex-step HVPs; "
                  f"top C+{cfg['extra']} eigenvalues by Lanczos (eigsh); density by SLQ ({cfg['slq_runs']} runs x "
                  f"{cfg['slq_m']} steps)", fontsize=10)
-    fig.savefig(path, dpi=cfg["dpi"])
-    plt.close(fig)
+    save(fig, path, dpi=cfg["dpi"])
 
 
 def main(out_dir, quick: bool = False) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache = figure_dirs(out_dir, NAME, quick)
     cfg = QUICK if quick else FULL
-    cache = out_dir / "cache" / NAME / ("quick" if quick else "full")
-    cache.mkdir(parents=True, exist_ok=True)
     with one_blas_thread():
         results = {c: measure(c, cfg, cache, progress=not quick) for c in cfg["classes"]}
     plot(results, cfg, out_dir / f"{NAME}.png")
@@ -229,5 +223,4 @@ def main(out_dir, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "gallery"
-    print(json.dumps(main(target, quick=os.environ.get("QUICK") == "1"), indent=1))
+    cli(main)

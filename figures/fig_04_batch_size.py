@@ -27,15 +27,14 @@ progress on stderr, and an interrupted run resumes with the finished runs reload
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, config_key, figure_dirs, save  # noqa: E402
 
 from normref import optim  # noqa: E402
 from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: E402
@@ -57,12 +56,6 @@ BASE_LR, BASE_BATCH = 0.1, 64
 
 FULL = dict(widths=(8, 16), epochs=4, batch_sizes=(2, 4, 8, 16, 32, 64), seeds=(0, 1), momentum=0.9, n_train=None)
 QUICK = dict(widths=(4, 8), epochs=1, batch_sizes=(4, 32), seeds=(0,), momentum=0.9, n_train=128)
-
-
-
-def config_key(meta: dict) -> str:
-    """A short hash of the settings: a changed configuration gets a fresh store instead of a mismatch error."""
-    return hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def learning_rate(batch_size: int) -> float:
@@ -154,18 +147,16 @@ def plot(table: dict, cfg: dict, path: Path, quick: bool) -> None:
                  f"{cfg['momentum']}, linear scaling lr = 0.1 B/64; test error on 359 images (1 image = 0.28%)"
                  + (" [QUICK MODE]" if quick else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=80 if quick else 150)
-    plt.close(fig)
+    save(fig, path, dpi=80 if quick else 150)
 
 
 def main(out_dir, quick: bool = False) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache = figure_dirs(out_dir, NAME, quick, split_cache=False)
     cfg = QUICK if quick else FULL
     points = [(i, b, s) for s in cfg["seeds"] for i in range(len(NORMS)) for b in cfg["batch_sizes"]]
     meta = {"figure": NAME, "cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "norms": list(NORMS), "lr_rule": f"{BASE_LR} * B / {BASE_BATCH}"}
-    store = out_dir / "cache" / NAME / f"{'quick' if quick else 'full'}-{config_key(meta)}"
+    store = cache / f"{'quick' if quick else 'full'}-{config_key(meta)}"  # new settings, new store
     with one_blas_thread():
         values = run_points(TrainPoint(cfg), points, store=store, meta=meta, workers=1, label=NAME)
     index = {(int(p[0]), int(p[1]), int(p[2])): v for p, v in zip(points, values)}
@@ -186,4 +177,4 @@ def main(out_dir, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(__file__).resolve().parent / "gallery", quick="--quick" in sys.argv), indent=1))
+    cli(main)

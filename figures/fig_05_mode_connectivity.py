@@ -37,14 +37,14 @@ Resumable: each network checkpoints every epoch (``normref.train.train``) under
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, figure_dirs, save  # noqa: E402
 
 from normref import optim  # noqa: E402
 from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: E402
@@ -62,7 +62,6 @@ MODE_COLORS = {"keep": "tab:red", "reset": "tab:blue", "interpolate": "tab:green
 
 FULL = dict(widths=(8, 16), epochs=10, spawn=(0, 1, 2, 4), lr=0.05, n_train=None, n_test=None, alphas=21, dpi=150)
 QUICK = dict(widths=(4, 8), epochs=1, spawn=(0,), lr=0.05, n_train=192, n_test=96, alphas=5, dpi=80)
-
 
 
 def splits(cfg):
@@ -181,16 +180,12 @@ def plot(results, cfg, path: Path):
                  f"independent runs vs two children spawned from one parent after k epochs ({cfg['epochs']} epochs in "
                  f"all)\nBN statistics along the path: kept from endpoint A (stale), reset on training data, or "
                  f"interpolated (REPAIR)", fontsize=10)
-    fig.savefig(path, dpi=cfg["dpi"])
-    plt.close(fig)
+    save(fig, path, dpi=cfg["dpi"])
 
 
 def main(out_dir, quick: bool = False) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache = figure_dirs(out_dir, NAME, quick)
     cfg = QUICK if quick else FULL
-    cache = out_dir / "cache" / NAME / ("quick" if quick else "full")
-    cache.mkdir(parents=True, exist_ok=True)
     with one_blas_thread():
         results = measure(cfg, cache, progress=not quick)
     plot(results, cfg, out_dir / f"{NAME}.png")
@@ -206,5 +201,4 @@ def main(out_dir, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "gallery"
-    print(json.dumps(main(target, quick=os.environ.get("QUICK") == "1"), indent=1))
+    cli(main)

@@ -26,13 +26,14 @@ measurement and resumes from it.
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, figure_dirs, save  # noqa: E402
 
 from normref.data import load_digits, train_val_test_split  # noqa: E402
 from normref.landscape import Objective, gd_sharpness, top_eigenpairs  # noqa: E402
@@ -47,7 +48,6 @@ COLORS = ("tab:blue", "tab:orange", "tab:green")
 
 FULL = dict(n=500, hidden=(32, 32), lrs=(0.5, 1.0, 2.0), steps=3000, every=50, tol=1e-4, seed=0, dpi=150)
 QUICK = dict(n=128, hidden=(16,), lrs=(0.5, 1.0, 2.0), steps=80, every=20, tol=1e-3, seed=0, dpi=80)
-
 
 
 def data(cfg):
@@ -137,16 +137,12 @@ def plot(results, cfg, path: Path):
                  f"{'-'.join(map(str, cfg['hidden']))}-10, MSE on one-hot targets, same initialization\n"
                  f"sharpness (top Hessian eigenvalue by Lanczos, exact complex-step HVPs) every {cfg['every']} "
                  f"steps vs the threshold 2/η (dashed)", fontsize=10)
-    fig.savefig(path, dpi=cfg["dpi"])
-    plt.close(fig)
+    save(fig, path, dpi=cfg["dpi"])
 
 
 def main(out_dir, quick: bool = False) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache = figure_dirs(out_dir, NAME, quick, split_cache=False)  # the file names tell modes apart
     cfg = QUICK if quick else FULL
-    cache = out_dir / "cache" / NAME
-    cache.mkdir(parents=True, exist_ok=True)
     with one_blas_thread():
         results = run_all(cfg, cache, progress=not quick)
     plot(results, cfg, out_dir / f"{NAME}.png")
@@ -156,6 +152,4 @@ def main(out_dir, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import json
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "gallery"
-    print(json.dumps(main(target, quick=os.environ.get("QUICK") == "1"), indent=1))
+    cli(main)

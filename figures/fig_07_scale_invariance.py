@@ -22,13 +22,14 @@ saved beside the checkpoint.
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, figure_dirs, save  # noqa: E402
 
 from normref.data import load_digits, train_val_test_split  # noqa: E402
 from normref.optim import SGD, SGDP, Adam, AdamP  # noqa: E402
@@ -85,7 +86,7 @@ class EpochAngles:
         save_checkpoint(self.path, self.state)
 
 
-def run_all(out_dir: Path, epochs: int, quick: bool) -> dict:
+def run_all(cache: Path, epochs: int, quick: bool) -> dict:
     data = load_digits(flatten=True)
     split = train_val_test_split(data, val=0.0, test=0.2, seed=0)
     train_set, test_set = split.train, split.test
@@ -95,7 +96,7 @@ def run_all(out_dir: Path, epochs: int, quick: bool) -> dict:
     for label, (cls, kwargs) in RUNS.items():
         model = build_mlp(64, 10, hidden=(64, 64), norm="batch", seed=0)
         names = scale_invariant_weights(model)
-        run_dir = out_dir / "cache" / "fig_07" / _slug(label)
+        run_dir = cache / _slug(label)
         run_dir.mkdir(parents=True, exist_ok=True)
         angles = EpochAngles(model, names, run_dir / "angles.npz")
         print(f"[fig_07] {label}: {epochs} epochs (resumes from {run_dir})", flush=True)
@@ -108,10 +109,11 @@ def run_all(out_dir: Path, epochs: int, quick: bool) -> dict:
 def _main(out_dir, quick) -> dict:
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # quick and full runs share this cache folder and run names (kept so that the gallery's cache stays valid):
+    # never point a quick run at a full run's OUT_DIR
+    out_dir, cache = figure_dirs(out_dir, "fig_07", quick, split_cache=False)
     epochs = 2 if quick else 60
-    results = run_all(out_dir, epochs, quick)
+    results = run_all(cache, epochs, quick)
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.4), dpi=150 if not quick else 72)
     (a, b), (c, d) = axes
@@ -160,8 +162,7 @@ def _main(out_dir, quick) -> dict:
                  "shrink their effective step;\nSGDP/AdamP project out the radial update "
                  f"(digits MLP 64-64-64-10 with BN, batch 32, {epochs} epochs, no weight decay, seed 0)", fontsize=9.5)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{NAME}.png")
-    plt.close(fig)
+    save(fig, out_dir / f"{NAME}.png")
     return {"epochs": epochs, "runs": summary}
 
 
@@ -172,5 +173,4 @@ def main(out_dir, quick=False) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-    print(json.dumps(main(Path(sys.argv[1]), quick="--full" not in sys.argv), indent=1, default=float))
+    cli(main)

@@ -35,13 +35,15 @@ Each run is cached as ``out_dir/cache/fig_08/<run>.json``; a finished run is not
 from __future__ import annotations
 
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, figure_dirs, save, write_json  # noqa: E402
 
 from normref.data import DataLoader, batch_moment_fluctuation, load_digits, make_token_task  # noqa: E402
 from normref.data import train_val_test_split  # noqa: E402
@@ -206,10 +208,7 @@ def run(label, split, cfg, cache: Path) -> dict:
     feats = norm_inputs(model, taps, split.train)
     rec["fluctuation"] = {name: batch_moment_fluctuation(f, 32) for name, f in feats.items()}
     rec["steps"] = step
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec))
-    os.replace(tmp, path)
+    write_json(path, rec)
     return rec
 
 
@@ -229,13 +228,14 @@ def image_reference(quick) -> dict:
 def _main(out_dir, quick) -> dict:
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # quick and full runs share this cache folder and file names (kept so that the gallery's cache stays valid):
+    # never point a quick run at a full run's OUT_DIR
+    out_dir, cache = figure_dirs(out_dir, "fig_08", quick, split_cache=False)
     cfg = {"n": 256, "epochs": 1, "warmup": 3} if quick else {"n": 1600, "epochs": 15, "warmup": 150}
     data = make_token_task(cfg["n"], 32, features=True, dim=16, seed=0)
     split = train_val_test_split(data, val=0.0, test=0.2, seed=0)
     labels = ["LN", "PN (surrogate)"] if quick else list(RUNS)
-    runs = {label: run(label, split, cfg, out_dir / "cache" / "fig_08") for label in labels}
+    runs = {label: run(label, split, cfg, cache) for label in labels}
     reference = image_reference(quick)
     raw = batch_moment_fluctuation(split.train.x, 32)
 
@@ -317,8 +317,7 @@ def _main(out_dir, quick) -> dict:
                  f"Adam 2e-3, batch 32, {cfg['epochs']} epochs, PN warm-up {cfg['warmup']} steps, seed 0)",
                  fontsize=9.5)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{NAME}.png")
-    plt.close(fig)
+    save(fig, out_dir / f"{NAME}.png")
     return {"config": cfg, "runs": summary, "image_reference": reference, "raw_token_features": raw}
 
 
@@ -329,5 +328,4 @@ def main(out_dir, quick=False) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-    print(json.dumps(main(Path(sys.argv[1]), quick="--full" not in sys.argv), indent=1))
+    cli(main)

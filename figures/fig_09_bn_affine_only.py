@@ -29,15 +29,15 @@ Each run is one point of :func:`normref.landscape.run_points` (progress, resume)
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, config_key, figure_dirs, save  # noqa: E402
 
 from normref import optim  # noqa: E402
 from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: E402
@@ -61,7 +61,6 @@ SMALL_GAMMA = 0.1  # |gamma| below this (init 1) counts as a disabled feature
 
 FULL = dict(widths=((8, 16), (16, 32), (32, 64)), epochs=8, batch_size=32, momentum=0.9, seeds=(0, 1), n_train=None)
 QUICK = dict(widths=((4, 8), (8, 16)), epochs=1, batch_size=32, momentum=0.9, seeds=(0,), n_train=160)
-
 
 
 def is_affine(name: str, value=None) -> bool:
@@ -194,18 +193,15 @@ def plot(table: dict, cfg: dict, gammas: dict, path: Path, quick: bool) -> None:
                  f"{LR['all']} (all, output) / {LR['affine']} (affine, random subset), seeds {list(cfg['seeds'])}"
                  + (" [QUICK MODE]" if quick else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=80 if quick else 150)
-    plt.close(fig)
+    save(fig, path, dpi=80 if quick else 150)
 
 
 def main(out_dir, quick: bool = False) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, cache = figure_dirs(out_dir, NAME, quick, split_cache=False)
     cfg = QUICK if quick else FULL
     points = [(r, w, s) for s in cfg["seeds"] for w in range(len(cfg["widths"])) for r in range(len(REGIMES))]
     meta = {"figure": NAME, "cfg": json.loads(json.dumps(cfg)), "regimes": list(REGIMES), "lr": LR}
-    key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:10]
-    store = out_dir / "cache" / NAME / f"{'quick' if quick else 'full'}-{key}"  # new settings, new store
+    store = cache / f"{'quick' if quick else 'full'}-{config_key(meta)}"  # new settings, new store
     with one_blas_thread():
         values = run_points(TrainPoint(cfg, store / "gamma"), points, store=store, meta=meta, workers=1,
                             label=NAME)
@@ -233,4 +229,4 @@ def main(out_dir, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(__file__).resolve().parent / "gallery", quick="--quick" in sys.argv), indent=1))
+    cli(main)

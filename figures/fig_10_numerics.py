@@ -22,13 +22,14 @@ backward, as a function of ``h``, for inputs centred at 0 and at 1e3.
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, output_dir, save, write_json  # noqa: E402
 
 from normref._moments import chan_merge, mean_var, naive_var, welford  # noqa: E402
 from normref.ops.layer_norm import layer_norm_backward, layer_norm_forward  # noqa: E402
@@ -158,8 +159,7 @@ def layer_norm_step_errors(steps_central, steps_complex, offset, seed=0):
 def _main(out_dir, quick) -> dict:
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     check_welford_matches_library()
 
     offsets = np.logspace(0, 8, 9 if quick else 33)
@@ -208,8 +208,7 @@ def _main(out_dir, quick) -> dict:
     fig.suptitle("Numerics: the naive one-pass variance loses ~2·log10(|μ|/σ) digits; Welford/Chan lose ~1·log10; "
                  "the complex step has no step-size trade-off", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{NAME}.png")
-    plt.close(fig)
+    save(fig, out_dir / f"{NAME}.png")
 
     def at(name, offset):
         return errors[name]["median"][int(np.argmin(np.abs(np.log10(offsets) - np.log10(offset))))]
@@ -225,8 +224,7 @@ def _main(out_dir, quick) -> dict:
             "central_error_at_1e-6": float(central[int(np.argmin(np.abs(np.log10(steps_central) + 6)))]),
             "complex_max_error_h_le_1e-8": float(max(e for h, e in zip(steps_complex, complex_) if h <= 1e-8))}
     if not quick:
-        (out_dir / "cache").mkdir(exist_ok=True)
-        (out_dir / "cache" / f"{NAME}.json").write_text(json.dumps(results, indent=1))
+        write_json(out_dir / "cache" / f"{NAME}.json", results, indent=1)
     return results
 
 
@@ -237,5 +235,4 @@ def main(out_dir, quick=False) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-    print(json.dumps(main(Path(sys.argv[1]), quick="--full" not in sys.argv), indent=1))
+    cli(main)

@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, figure_dirs, save, write_json  # noqa: E402
 
 from normref.data import DataLoader, load_digits, train_val_test_split  # noqa: E402
 from normref.landscape import Objective, gradient_step_smoothness  # noqa: E402
@@ -150,19 +152,16 @@ def run(with_ws: bool, seed: int, quick: bool, cache: Path) -> dict:
         print(f"[fig_11] {label} seed {seed} epoch {epoch + 1}/{epochs}: train loss {rec['train_loss_epoch'][-1]:.4f} "
               f"test acc {rec['test_acc'][-1]:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     rec["label"] = label
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec))
-    os.replace(tmp, path)
+    write_json(path, rec)
     return rec
 
 
 def _main(out_dir, quick) -> dict:
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = out_dir / "cache" / "fig_11"
+    # quick and full runs share this cache folder and file names (kept so that the gallery's cache stays valid):
+    # never point a quick run at a full run's OUT_DIR
+    out_dir, cache = figure_dirs(out_dir, "fig_11", quick, split_cache=False)
     seeds = [0] if quick else [0, 1, 2]
     runs = {label: [run(ws, seed, quick, cache) for seed in seeds] for label, ws in (("GN", False), ("GN+WS", True))}
 
@@ -254,8 +253,7 @@ def _main(out_dir, quick) -> dict:
                  f"(digits 8×8, conv 1→8→16 with GN, SGD lr 0.05 momentum 0.9, batch 32, {epochs} epochs, same "
                  rf"initial raw weights, seeds {seeds}; $\eta \in [0.05, 0.4]$, same mini-batch)", fontsize=9.5)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{NAME}.png")
-    plt.close(fig)
+    save(fig, out_dir / f"{NAME}.png")
     return {"epochs": epochs, "runs": summary}
 
 
@@ -266,5 +264,4 @@ def main(out_dir, quick=False) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-    print(json.dumps(main(Path(sys.argv[1]), quick="--full" not in sys.argv), indent=1))
+    cli(main)

@@ -25,13 +25,14 @@ Everything is deterministic (seeds 0) and cheap; there is nothing to cache.
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+if str(Path(__file__).resolve().parent) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _figure import cli, output_dir, save  # noqa: E402
 
 from normref.data import load_digits  # noqa: E402
 from normref.nn import BatchNorm, Conv2d, RegionNormB  # noqa: E402
@@ -132,8 +133,7 @@ def measure(ratios, images, fills):
 def _main(out_dir, quick) -> dict:
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     ratios = np.round(np.linspace(0.0, 0.9, 5 if quick else 19), 3)
     n, size = (32, 16) if quick else (400, 24)
     images = upsampled_digits(n, size)
@@ -181,8 +181,7 @@ def _main(out_dir, quick) -> dict:
                  f"region-wise statistics stay put\n(digits upsampled to {size}×{size}, N={n}, fixed random 3×3 conv "
                  f"with 8 channels; solid = full-image BN, dashed = RN-B on the valid region)", fontsize=9.5)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{NAME}.png")
-    plt.close(fig)
+    save(fig, out_dir / f"{NAME}.png")
     return {"ratios": ratios.tolist(), "n": n, "size": size, "fills": {k: float(v) for k, v in fills.items()},
             "measurements": data}
 
@@ -194,5 +193,4 @@ def main(out_dir, quick=False) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-    print(json.dumps(main(Path(sys.argv[1]), quick="--full" not in sys.argv), indent=1))
+    cli(main)

@@ -1,24 +1,24 @@
-"""Regenerate every figure: ``python figures/make_all.py [--quick] [--out DIR] [--only NAME ...]``.
+"""Regenerate every figure: ``python figures/make_all.py [OUT_DIR] [--quick | --full] [--only NAME ...]``.
 
 Each ``figures/fig_*.py`` defines ``main(out_dir, quick=False)``, writes its PNG(s) into ``out_dir`` and returns a
-dict of the numbers it measured (printed here, quoted in ``figures/README.md``). Full-quality output goes to
-``figures/gallery/`` (committed); ``--quick`` runs tiny versions for CI into a scratch directory. Figures that train
-or scan keep their intermediate results under ``out_dir/cache/``, so an interrupted run resumes where it stopped.
+dict of the numbers it measured (printed here, quoted in ``figures/README.md``). ``OUT_DIR`` and the mode work as for
+a single figure (``figures/_figure.py``): full quality into ``figures/gallery/`` (committed) by default; ``--quick``
+(or ``QUICK=1``) runs tiny versions for CI into ``figures/out/quick/`` (git-ignored). Figures that train or scan keep
+their intermediate results under ``OUT_DIR/cache/``, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("MPLBACKEND", "Agg")
-
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # for _figure.py when this file is loaded by its path
+    sys.path.insert(0, str(HERE))
+from _figure import figure_parser, output_dir, resolve  # noqa: E402  (sets MPLBACKEND=Agg)
 
 
 def figure_scripts() -> list[Path]:
@@ -34,13 +34,12 @@ def load(path: Path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny versions, for CI")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default figures/gallery)")
-    parser.add_argument("--only", action="append", help="only figures whose file name contains this (repeatable)")
+    parser = figure_parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="only figures whose file name contains this (repeatable)")
     args = parser.parse_args(argv)
-    out = args.out or (HERE / "gallery" if not args.quick else HERE.parent / "figures" / "out" / "quick")
-    out.mkdir(parents=True, exist_ok=True)
+    out, quick = resolve(args)
+    out = output_dir(out)
     failures = 0
     for path in figure_scripts():
         if args.only and not any(name in path.name for name in args.only):
@@ -48,7 +47,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         print(f"[{path.stem}] ...", flush=True)
         try:
-            numbers = load(path).main(out, quick=args.quick)
+            numbers = load(path).main(out, quick=quick)
         except Exception as exc:  # report and go on: one broken figure should not hide the others
             failures += 1
             print(f"[{path.stem}] FAILED: {type(exc).__name__}: {exc}", flush=True)
