@@ -35,37 +35,65 @@ Stage 2 sums the ``(chunks,)`` and ``(chunks, C)`` partials over the chunks in a
 depends on the shape alone, so ``dα``, ``dγ``, ``dβ`` are bitwise the same on any number of threads (tested). The
 error bound of :mod:`._common` applies to each sum: ≤ ``(D + 2)u Σ|terms|``, ``u`` the storage dtype's roundoff.
 
+The float32 ``tanh``: vectorized (:mod:`._tanh`)
+------------------------------------------------
+Numba lowers ``np.tanh`` to LLVM's ``llvm.tanh`` intrinsic; without Intel SVML (not installed here: ``numba -s``
+reports ``SVML Operational: False``) LLVM scalarizes it into calls to the C library's ``tanhf``/``tanh``, about
+20 ns each, and a loop around a call is not vectorized: the float32 forward was *slower* than the NumPy reference,
+whose own float32 ``tanh`` is SIMD. For float32 the forward therefore computes ``t`` with
+:func:`._tanh.tanh_f32` (through :func:`._tanh.tanh_storage`, chosen at compile time): an odd rational function
+of degree 11/10 on ``|x|`` clamped to ``c = 9.010914`` (the smallest float32 whose ``tanh`` rounds to 1),
+evaluated in float64 by Horner's rule and rounded once; within 0.5006 ulp of the exact ``tanh`` over every float32
+(exhaustive sweep), monotonic, odd bit for bit, ``±inf → ±1``, ``NaN → NaN``. Only ``abs``, a select, ``+``,
+``×``, ``÷`` and ``copysign``, so the loop compiles to AVX2 code (``vdivpd %ymm``, no call; checked with
+``dyt_forward_kernel.inspect_asm``). float64 keeps ``np.tanh`` (the C library's ``tanh``, ~20 ns a value).
+
+Measured on 8192×1024 float32 (32 MiB, α = 0.8, γ and β given), 2 threads, 41 interleaved rounds, medians (p10 -
+p90), timing each call of the public ``dyt_forward`` (which allocates ``y`` and ``t``) with ``time.perf_counter``:
+
+==========================================  ========================
+forward                                     median (p10 - p90)
+==========================================  ========================
+this backend, ``tanh_f32``                  16.8 ms (15.0 - 18.1)
+this backend, ``np.tanh`` (before)          125.7 ms (115.1 - 128.3)
+NumPy reference (:mod:`normref.ops.dyt`)    50.8 ms (48.5 - 69.4)
+the same rational in float32 arithmetic     13.8 ms (13.2 - 15.3)
+``np.copy(x)``                              7.0 ms (6.7 - 8.4)
+==========================================  ========================
+
+7.5× faster than before and 3× faster than NumPy. The float32-arithmetic variant (4.6-7 ulp, not monotonic;
+:mod:`._tanh` explains) would save another 3 ms; the forward kernel alone, with ``y`` and ``t`` preallocated and
+already touched, takes 9.8 ms, the rest of the 16.8 ms is the first touch of the two fresh 32 MiB outputs.
+Results agree with the NumPy reference to 4.8e-7 absolute (the same as with ``np.tanh``).
+
 Store ``t`` or recompute it? (decision: store)
 ----------------------------------------------
-``tanh`` dominates the cost, not memory. Numba lowers ``np.tanh`` to LLVM's ``llvm.tanh`` intrinsic; without
-Intel SVML (not installed here: ``numba -s`` reports ``SVML Operational: False``) LLVM scalarizes it into calls to
-the C library's ``tanhf``/``tanh``, about 20 ns each on this machine (8 M float32 values: 165 ms on one thread;
-NumPy's own SIMD float32 ``tanh`` takes 42 ms). Measured on 8192×1024 float32 (32 MiB), 2 threads, 15 interleaved
-rounds, medians, ``out=`` given (the forward and backward below, and a variant of both that keeps no ``t`` and
-calls ``np.tanh`` again in the backward):
+Storing ``t`` costs one more write of the array's size in the forward and a tensor the size of ``x`` in the
+cache (the NumPy reference's cache holds one too); recomputing costs a second ``tanh`` per value in the backward.
+Kernels alone on 8192×1024 float32, outputs preallocated, 2 threads, 41 interleaved rounds, medians (the
+recomputing backward fills a ``BLOCK``-sized scratch with ``tanh`` before the piece's loops; its results are bitwise
+the same):
 
-=====================  =========  ==========  ======
+=====================  =========  ==========  =======
 variant                forward    backward    total
-=====================  =========  ==========  ======
-store ``t``            164 ms     16 ms       180 ms
-recompute ``t``        152 ms     166 ms      318 ms
-=====================  =========  ==========  ======
+=====================  =========  ==========  =======
+store ``t``            9.8 ms     8.8 ms      18.6 ms
+recompute ``t``        9.5 ms     13.0 ms     22.5 ms
+=====================  =========  ==========  =======
 
-(a copy of the array: 5-10 ms; an earlier run under more load from other processes on the shared 2-core machine:
-198 / 22 ms and 191 / 204 ms). Storing ``t`` costs one more 32 MiB write in the forward (within noise next to the
-``tanh`` calls) and a tensor the size of ``x`` in the cache, which the NumPy reference's cache holds too; it saves a
-second ``tanh`` per value in the backward. So the forward stores ``t``. The consequence worth knowing: on float32
-this backend's forward is *slower* than the NumPy reference's, whose ``np.tanh`` is vectorized (same run, medians of
-11: 121 ms against 54 ms on 8192×1024; backward 9.6 ms against 78 ms); on float64, where NumPy's ``tanh`` is not
-faster than the C library's, the two threads win (4096×1024: forward 62 ms against 101 ms, backward 7.8 against
-75 ms).
+So storing still wins with the vectorized ``tanh``, by less than with ``np.tanh`` (there, 180 against 318 ms
+forward + backward: the recomputation was a second 150 ms of ``tanhf`` calls). On float64 (``np.tanh``), the
+forward is one C-library call per value: 4096×1024 forward 62 ms against NumPy's 101 ms, backward 7.8 against
+75 ms (2 threads, measured before the float32 change, which does not touch the float64 code).
 
-Accuracy of ``np.tanh`` in Numba
---------------------------------
-The C library's ``tanhf``/``tanh`` (glibc here), measured on 7 M values from ``N(0, s²)``, ``s`` from 1e-6 to 100,
-against a long-double ``tanh``: at most 2.2 ulp in float32 and in float64 (NumPy's: 1.4 and 1.2 ulp). The two agree
-to 1.2e-7 (float32) and 2.2e-16 (float64) norm-relative, bit for bit on 72 % of the values; ``tanh(±inf) = ±1``.
-``tests/test_backend_numba_seed.py`` checks the agreement (≤ 1e-5 float32, ≤ 1e-12 float64).
+Accuracy of the ``tanh``
+------------------------
+float32: :mod:`._tanh` (≤ 0.5006 ulp). NumPy's SIMD float32 ``tanh`` reaches 1.37 ulp (every 7th float32 in
+``[0, c]``); on those values the two are bitwise equal on 97 % and never more than 1 ulp apart. float64: the C
+library's ``tanh`` (glibc here), measured on 7 M values from ``N(0, s²)``, ``s`` from 1e-6 to 100, against a
+long-double ``tanh``: at most 2.2 ulp (NumPy's: 1.2 ulp); the two agree to 2.2e-16 norm-relative.
+``tests/test_backend_numba_seed.py`` checks the agreement with NumPy (≤ 1e-5 float32, ≤ 1e-12 float64, and within
+4 ulp elementwise), ``tests/test_tanh32.py`` the float32 ``tanh`` itself.
 
 Same signature, validation (:func:`normref.ops.dyt.dyt_args`) and results as :func:`normref.ops.dyt.dyt_forward`
 and :func:`normref.ops.dyt.dyt_backward`, within rounding. Complex input raises ``TypeError``; a non-contiguous
@@ -84,6 +112,7 @@ from ..._registry import register
 from ...ops.dyt import dyt_args
 from ._common import (BLOCK, DEPTH, LANES, MAX_CHUNKS, chunk_count, dot_sum, kernel_affine, kernel_dy, output_like,
                       sum_shifted, threads_for)
+from ._tanh import tanh_storage
 
 
 class NumbaDyTCache(NamedTuple):
@@ -104,7 +133,8 @@ class NumbaDyTCache(NamedTuple):
 
 @njit(parallel=True, fastmath=False, cache=True)
 def dyt_forward_kernel(x, alpha, gamma, beta, per_column, t, y):
-    """``t = tanh(α·x)``, ``y = t·γ + β`` on the ``(rows, n)`` view.
+    """``t = tanh(α·x)``, ``y = t·γ + β`` on the ``(rows, n)`` view (``tanh``: :func:`._tanh.tanh_f32` for float32,
+    vectorized; ``np.tanh`` for float64).
 
     Args:
         x: ``(rows, n)``, C-contiguous.
@@ -121,7 +151,7 @@ def dyt_forward_kernel(x, alpha, gamma, beta, per_column, t, y):
         for r in range(c * per_chunk, min(rows, (c + 1) * per_chunk)):
             xr, tr, yr = x[r], t[r], y[r]
             for j in range(n):
-                tr[j] = np.tanh(alpha * xr[j])
+                tr[j] = tanh_storage(alpha * xr[j])
             if per_column:
                 for j in range(n):
                     yr[j] = tr[j] * gamma[j] + beta[j]
