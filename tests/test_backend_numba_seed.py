@@ -815,3 +815,533 @@ def test_dyt_and_alpha_batch_norm_registered_on_numba():
 def test_dyt_and_alpha_batch_norm_gradcheck_on_numba(spec, mode, affine):
     report = check(spec, mode=mode, affine=affine, backend="numba")
     assert report.passed, "\n" + report.table()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unified Normalization (exact backward, the code's surrogate "unified_norm_approx", pad_mask, the windowed state)
+
+from normref.ops.unified_norm import (UnifiedNormGradState, UnifiedNormState, initial_grad_state,  # noqa: E402
+                                      initial_state, update_state)
+
+
+def un_state(rng, channels, window, iters, dtype=np.float64):
+    """A forward state ``iters`` steps in, with a full window of plausible quadratic means (0.5 to 2)."""
+    return UnifiedNormState(iters, rng.uniform(0.5, 2.0, channels).astype(dtype),
+                            rng.uniform(0.5, 2.0, (window, channels)).astype(dtype), 0)
+
+
+def un_modes(rng, channels):
+    """Every mode of the op: ``name -> (hyperparameters, input scale, expected (skip, outlier, w == 1, r == 1))``."""
+    return {
+        "stateless": (dict(), 1.0, (True, False, True, True)),
+        "eval": (dict(stats=(None, rng.uniform(0.5, 2.0, channels))), 1.0, (True, False, False, True)),
+        "warmup": (dict(state=un_state(rng, channels, 3, 1), warmup_iters=4), 1.0, (False, False, True, True)),
+        "smoothed": (dict(state=un_state(rng, channels, 3, 6), warmup_iters=3, compensation_floor=0), 1.0,
+                     (False, False, False, False)),
+        # the input scaled by 20: AM - GM of the window is far above rho·W_f, the filter fires on any dtype
+        "outlier": (dict(state=un_state(rng, channels, 3, 6), warmup_iters=3, compensation_floor=0,
+                         outlier_filtration=True), 20.0, (True, True, True, True)),
+        "window1": (dict(state=un_state(rng, channels, 1, 6), warmup_iters=1, compensation_floor=0), 1.0,
+                    (True, False, True, True)),
+    }
+
+
+def un_surrogate_both(dy, cache, cache_ref, grad_state, dtype, what, momentum=0.7):
+    """The surrogate on both backends from the same grad_state: dx, dgamma, dbeta and the new state agree."""
+    got = get_impl("unified_norm_approx", "numba").backward(dy, cache, grad_state, momentum=momentum)
+    want = get_impl("unified_norm_approx", "numpy").backward(dy, cache_ref, grad_state, momentum=momentum)
+    for i, (a, b) in enumerate(zip(got[:3], want[:3])):
+        assert_close(a, b, dtype, f"{what} approx output {i}")
+    for name, a, b in zip(UnifiedNormGradState._fields, got[3], want[3]):
+        assert_close(a, b, dtype, f"{what} approx {name}")
+    return got
+
+
+UN_SHAPES = [(4, 3, 5), (1, 3, 7), (2, 5), (2, 3, 2, 3), (3, 4, 700), (1, 2, 1100), (5, 3, 1, 2, 3)]
+
+
+# Tolerances: TOL (1e-12 float64, 1e-5 float32, norm-relative). The kernels sum in float64 lanes, the reference in
+# the storage dtype; q with a mask is Σ_kept/m here and mean(x²·keep)·M/m there; λ is r γ rstd Σ dy·x / M here and
+# mean(ĝ z) there; dx is a·dy - b·κ·x with float64 coefficients here: rounding only (measured: <= 1.3e-15 in float64,
+# <= 3.5e-7 in float32).
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", UN_SHAPES, ids=["x".join(map(str, s)) for s in UN_SHAPES])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_unified_norm_agrees(shape, masked, dtype):
+    """Every mode (stateless, eval, warmup, smoothed, outlier, window 1) with full, no and half affine: y, the exact
+    gradients, the cache's statistics, the updated forward state and (training steps) the surrogate agree."""
+    rng = np.random.default_rng(21)
+    c = shape[1]
+    x0, dy, gamma, beta = pn_data(rng, shape, dtype)
+    pad = pn_mask(rng, shape) if masked else None
+    grad_state = UnifiedNormGradState(rng.standard_normal(c), rng.standard_normal((2, c)))
+    for mode, (hyper, scale, expected) in un_modes(rng, c).items():
+        x = (scale * x0).astype(dtype)
+        for params in ([gamma, beta], [None, None], [gamma, None]):
+            what = f"{mode} affine={[p is not None for p in params]}"
+            cache, cache_ref = compare("unified_norm", x, params, dy, dtype, pad_mask=pad, **hyper)
+            assert (cache.skip, cache.outlier, bool(np.all(cache.stat_weight == 1)), bool(np.all(cache.r == 1))) \
+                == expected, what
+            assert (cache.skip, cache.outlier, cache.iters) == (cache_ref.skip, cache_ref.outlier, cache_ref.iters)
+            assert_close(cache.sigma2, cache_ref.sigma2, dtype, what + " sigma2")
+            assert_close(cache.r, cache_ref.r.reshape(c).astype(np.float64), np.float64 if dtype == np.float64
+                         else np.float32, what + " r")
+            if mode != "eval":
+                assert_close(cache.batch_q, cache_ref.batch_q, dtype, what + " batch_q")
+            if "state" in hyper:
+                new, new_ref = update_state(hyper["state"], cache), update_state(hyper["state"], cache_ref)
+                assert (new.iters, new.skip_counter) == (new_ref.iters, new_ref.skip_counter)
+                assert_close(new.running_var, new_ref.running_var, dtype, what + " running_var")
+                assert_close(new.buffer_x2, new_ref.buffer_x2, dtype, what + " buffer_x2")
+                un_surrogate_both(dy, cache, cache_ref, grad_state, dtype, what)
+
+
+@pytest.mark.parametrize("regime", ["warmup", "smoothed", "outlier", "eval"])
+def test_unified_norm_masked_exact_backward_matches_finite_differences_on_numba(regime):
+    """The numba exact backward with a mask against central differences of the numba forward itself (float64): the
+    path through this step's q (w = 1 in warmup and on the outlier step, σ²/(W_f q) smoothed, 0 in eval)."""
+    rng = np.random.default_rng(22)
+    hyper, scale, _ = un_modes(rng, 4)[regime]
+    x = scale * (2.0 * rng.standard_normal((3, 4, 5)) + 0.5)
+    gamma, beta = 1.0 + 0.5 * rng.standard_normal(4), rng.standard_normal(4)
+    hyper = dict(hyper, eps=1e-3, pad_mask=pn_mask(rng, (3, 4, 5), 0.4))
+    y, cache = F.forward("unified_norm", x, gamma, beta, backend="numba", **hyper)
+    dy = rng.standard_normal(y.shape)
+    dx, dgamma, dbeta = F.backward("unified_norm", dy, cache)
+
+    def f(x, gamma, beta):
+        return F.forward("unified_norm", x, gamma, beta, backend="numba", **hyper)[0]
+
+    report = check_function(f, {"x": x, "gamma": gamma, "beta": beta}, {"x": dx, "gamma": dgamma, "beta": dbeta},
+                            dy, methods=("central",), title=f"numba UN {regime}")
+    assert report.passed, report.table()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_unified_norm_surrogate_over_steps_like_numpy(dtype):
+    """Ten training steps at the op level, each backend carrying its own forward and backward state: windows (3, 2),
+    T_w = 3, the compensation floor at 4, the outlier filter on, an outlier at step 7 (input times 20), a mask on
+    odd steps. The forward, both backwards and both states agree at every step."""
+    rng = np.random.default_rng(23)
+    shape, c = (4, 3, 5), 3
+    scales = np.array([1.0, 1.5, 2.0]).reshape(1, 3, 1)  # similar channel scales: the threshold rho·W_f stays small
+    state = {b: initial_state(c, 3) for b in ("numpy", "numba")}
+    grad_state = {b: initial_grad_state(c, 2) for b in ("numpy", "numba")}
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    seen = set()
+    for step in range(1, 11):
+        x = rng.standard_normal(shape) * scales * rng.uniform(0.8, 1.25)
+        x = (20.0 * x if step == 7 else x).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        pad = pn_mask(rng, shape) if step % 2 else None
+        out = {}
+        for b in ("numpy", "numba"):
+            y, cache = F.forward("unified_norm", x, gamma, beta, backend=b, state=state[b], warmup_iters=3,
+                                 outlier_filtration=True, compensation_floor=4, pad_mask=pad)
+            state[b] = update_state(state[b], cache, momentum=0.8)
+            exact = F.backward("unified_norm", dy, cache)
+            dx, dgamma, dbeta, grad_state[b] = get_impl("unified_norm_approx", b).backward(dy, cache, grad_state[b],
+                                                                                           momentum=0.8)
+            out[b] = (y, *exact, dx, dgamma, dbeta, *grad_state[b], state[b].running_var, state[b].buffer_x2)
+        seen.add("outlier" if cache.outlier else "skip" if cache.skip else
+                 "compensated" if np.any(cache.r != 1) else "smoothed" if np.any(cache.stat_weight != 1) else "batch")
+        assert state["numba"].skip_counter == state["numpy"].skip_counter
+        for i, (a, w) in enumerate(zip(out["numba"], out["numpy"])):
+            assert_close(a, w, dtype, f"step {step} output {i}")
+        if step > 4:  # smoothing and a non-zero ema_gz: the surrogate is really not the exact gradient here
+            assert norm_rel_error(out["numba"][4], out["numba"][1]) > 1e-3
+    assert {"batch", "outlier", "compensated"} <= seen, seen
+    assert state["numba"].skip_counter == 1
+
+
+@pytest.mark.parametrize("backward", ["approx", "exact"])
+def test_unified_norm_layer_like_numpy(backward):
+    """UnifiedNorm on numba against numpy over warmup, smoothed and compensated steps (a masked one, two backwards
+    through one cache: gradient accumulation and, for approx, the backward state updated twice), then eval."""
+    rng = np.random.default_rng(24)
+    kw = dict(window_size=(2, 3), warmup_iters=2, compensation_floor=3, momentum=0.8, backward=backward)
+    ref, fast = nn.UnifiedNorm(5, **kw), nn.UnifiedNorm(5, backend="numba", **kw)
+    for name in ("gamma", "beta"):
+        fast.params[name][...] = ref.params[name][...] = rng.standard_normal(5)
+    for step in range(6):
+        x, dy = 2 * rng.standard_normal((3, 5, 7)) + 1, rng.standard_normal((3, 5, 7))
+        pad = pn_mask(rng, x.shape) if step == 3 else None
+        assert norm_rel_error(fast(x, pad_mask=pad), ref(x, pad_mask=pad)) <= 1e-12
+        assert fast.cache.backend == "numba"
+        for _ in range(2 if step == 1 else 1):
+            assert norm_rel_error(fast.backward(dy), ref.backward(dy)) <= 1e-12
+        for name in ("running_var", "buffer_x2", "ema_gz", "buffer_gz"):
+            assert norm_rel_error(fast.buffers[name], ref.buffers[name]) <= 1e-12, name
+    assert fast.buffers["iters"] == ref.buffers["iters"] == 6
+    assert np.any(fast.cache.r != 1) and np.any(fast.cache.stat_weight != 1)  # compensated, smoothed
+    assert (np.abs(fast.buffers["ema_gz"]).max() > 1e-3) == (backward == "approx")  # the state moved iff approx
+    for name in ("gamma", "beta"):
+        assert norm_rel_error(fast.grads[name], ref.grads[name]) <= 1e-12
+    ema = fast.buffers["ema_gz"].copy()
+    ref.eval(), fast.eval()
+    x, dy = rng.standard_normal((2, 5, 7)), rng.standard_normal((2, 5, 7))
+    assert norm_rel_error(fast.forward(x), ref.forward(x)) <= 1e-12
+    assert norm_rel_error(fast.backward(dy), ref.backward(dy)) <= 1e-12
+    assert np.array_equal(fast.buffers["ema_gz"], ema)  # eval's backward is exact: the surrogate state is untouched
+
+
+def test_unified_norm_out_and_nothing_mutated():
+    """``out=`` receives y and dx (the same values as fresh arrays); x, dy, the parameters, both states and the cache
+    are not modified by the forward or by either backward."""
+    rng = np.random.default_rng(25)
+    x, dy, gamma, beta = pn_data(rng, (3, 4, 5), np.float64)
+    pad = pn_mask(rng, x.shape)
+    state = un_state(rng, 4, 3, 6)
+    grad_state = UnifiedNormGradState(rng.standard_normal(4), rng.standard_normal((2, 4)))
+    inputs = [x, dy, gamma, beta, pad, *state[1:3], *grad_state]
+    before = [np.copy(a) for a in inputs]
+    hyper = dict(state=state, warmup_iters=3, compensation_floor=0, pad_mask=pad)
+    y, cache = F.forward("unified_norm", x, gamma, beta, backend="numba", **hyper)
+    y_buffer = np.empty_like(x)
+    y_out, _ = F.forward("unified_norm", x, gamma, beta, backend="numba", out=y_buffer, **hyper)
+    assert y_out is y_buffer and np.array_equal(y_buffer, y)
+    cache_before = [np.copy(a) for a in (cache.x, cache.keep, cache.rstd, cache.sigma2, cache.r, cache.buffer_x2)]
+    impls = {"exact": (get_impl("unified_norm", "numba").backward, ()),
+             "approx": (get_impl("unified_norm_approx", "numba").backward, (grad_state,))}
+    for backward, extra in impls.values():
+        dx = backward(dy, cache, *extra)[0]
+        buffer = np.empty_like(x)
+        dx_out = backward(dy, cache, *extra, out=buffer)[0]
+        assert dx_out is buffer and np.array_equal(buffer, dx)
+        with pytest.raises(ValueError, match="overlap"):
+            backward(dy, cache, *extra, out=dy)
+    for a, b in zip(before, inputs):
+        assert np.array_equal(a, b)
+    for a, b in zip(cache_before, (cache.x, cache.keep, cache.rstd, cache.sigma2, cache.r, cache.buffer_x2)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_unified_norm_deterministic(masked):
+    """Bitwise equal runs on two threads and on one (float32, 70·4·300 values: above the size at which the kernels
+    go parallel, more rows than the 32 chunks): forward, exact backward, surrogate, and the new states."""
+    rng = np.random.default_rng(26)
+    shape = (70, 4, 300)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    state = un_state(rng, 4, 3, 6)
+    grad_state = UnifiedNormGradState(rng.standard_normal(4), rng.standard_normal((2, 4)))
+    hyper = dict(state=state, warmup_iters=3, compensation_floor=0,
+                 pad_mask=pn_mask(rng, shape, 0.2) if masked else None)
+
+    def run_once():
+        y, cache = F.forward("unified_norm", x, gamma, beta, backend="numba", **hyper)
+        approx = get_impl("unified_norm_approx", "numba").backward(dy, cache, grad_state)
+        return [y, *F.backward("unified_norm", dy, cache), *approx[:3], *approx[3], *update_state(state, cache)[1:3]]
+
+    first, second = run_once(), run_once()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = run_once()
+    finally:
+        numba.set_num_threads(previous)
+    for other in (second, single):
+        for a, b in zip(first, other):
+            assert np.array_equal(a, b)
+
+
+def test_unified_norm_validation_like_the_reference_and_complex_refused():
+    """The reference's errors (shared validation) on numba; complex x, parameters, statistics, state, grad_state and
+    dy raise TypeError; the surrogate needs a training step's cache."""
+    rng = np.random.default_rng(27)
+    x, dy = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 4, 3))
+    bad = [(dict(pad_mask=np.ones((2, 3), bool)), ValueError, "every position as padding"),
+           (dict(state=initial_state(3, 2)), ValueError, "running_var"),
+           (dict(state=(0, 1, 2, 3)), TypeError, "UnifiedNormState"),
+           (dict(state=initial_state(4, 2), stats=(None, np.ones(4))), ValueError, "not both"),
+           (dict(compensation_floor=-1), ValueError, "compensation_floor"),
+           (dict(eps=-1.0), ValueError, "eps")]
+    for hyper, exc, match in bad:
+        for backend in ("numpy", "numba"):
+            with pytest.raises(exc, match=match):
+                F.forward("unified_norm", x, backend=backend, **hyper)
+    complex_calls = [((x.astype(complex),), {}, "x must have a float32 or float64 dtype"),
+                     ((x, np.ones(4, complex)), {}, "gamma"),
+                     ((x, None, np.ones(4, complex)), {}, "beta"),
+                     ((x,), dict(stats=(None, np.ones(4, complex))), "stats"),
+                     ((x,), dict(state=initial_state(4, 2)._replace(running_var=np.ones(4, complex))),
+                      "state.running_var must be real"),
+                     ((x,), dict(state=initial_state(4, 2)._replace(buffer_x2=np.ones((2, 4), complex))),
+                      "state.buffer_x2 must be real")]
+    for args, hyper, match in complex_calls:
+        with pytest.raises(TypeError, match=match):
+            F.forward("unified_norm", *args, backend="numba", **hyper)
+    approx = get_impl("unified_norm_approx", "numba").backward
+    _, stateless = F.forward("unified_norm", x, backend="numba")
+    with pytest.raises(ValueError, match="training step"):
+        approx(dy, stateless, initial_grad_state(4, 2))
+    _, cache = F.forward("unified_norm", x, backend="numba", state=initial_state(4, 2))
+    with pytest.raises(ValueError, match="grad_state"):
+        approx(dy, cache, initial_grad_state(3, 2))
+    with pytest.raises(TypeError, match="ema_gz must have a float32 or float64 dtype"):
+        approx(dy, cache, initial_grad_state(4, 2)._replace(ema_gz=np.zeros(4, complex)))
+    with pytest.raises(ValueError, match="momentum"):
+        approx(dy, cache, initial_grad_state(4, 2), momentum=2.0)
+    with pytest.raises(TypeError, match="dy must be real"):
+        F.backward("unified_norm", dy.astype(complex), cache)
+    with pytest.raises(TypeError, match="dy must be real"):
+        approx(dy.astype(complex), cache, initial_grad_state(4, 2))
+
+
+UN_SPEC_NAMES = {"UnifiedNorm", "UnifiedNorm-GM"}
+UN_CASES = [(s, mode, affine) for s in all_specs() if s.name in UN_SPEC_NAMES for mode in s.modes
+            for affine in s.affine]
+
+
+def test_unified_norm_registered_on_numba():
+    assert {s.name for s, _, _ in UN_CASES} == UN_SPEC_NAMES
+    assert "numba" in available_op_backends("unified_norm")
+    assert {"numpy", "numba"} <= set(available_op_backends("unified_norm_approx"))
+
+
+@pytest.mark.parametrize("spec,mode,affine", UN_CASES, ids=[f"{s.name}-{m}-affine{a}" for s, m, a in UN_CASES])
+def test_unified_norm_gradcheck_on_numba(spec, mode, affine):
+    report = check(spec, mode=mode, affine=affine, backend="numba")
+    assert report.passed, "\n" + report.table()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Region Normalization (RN-B, RN-L) on "numba" (normref/kernels/numba_cpu/region_norm.py)
+
+from normref.ops.region_norm import region_stats, rn_l_mask  # noqa: E402
+from normref.testing.specs.region_and_calibration import fixed_mask, small_input  # noqa: E402
+
+
+def rn_mask(rng, kind, shape):
+    """A (N, 1, *spatial) 0/1 mask: random (30 % holes), all ones, all zeros, or one pixel of either region alone."""
+    mask_shape = (shape[0], 1) + tuple(shape[2:])
+    if kind == "random":
+        return (rng.random(mask_shape) < 0.3).astype(np.float64)
+    mask = np.full(mask_shape, 1.0 if kind in ("ones", "single_b") else 0.0)
+    if kind.startswith("single"):
+        mask.reshape(-1)[mask.size // 2] = 1.0 - mask.reshape(-1)[0]  # a region of exactly one pixel
+    return mask
+
+
+# (1, 2, 40, 41): 1640 values per slice, more than one lane block (BLOCK = 1024); (1, ...) and (2, ...): N = 1, 2
+RN_SHAPES = [(2, 3, 5, 7), (1, 4, 33), (2, 3, 3, 5, 3), (1, 2, 40, 41)]
+RN_MASKS = ["random", "ones", "zeros", "single_f", "single_b"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("regionwise_bias", [False, True], ids=["codebias", "paperbias"])
+@pytest.mark.parametrize("kind", RN_MASKS)
+@pytest.mark.parametrize("shape", RN_SHAPES, ids=["x".join(map(str, s)) for s in RN_SHAPES])
+def test_rn_b_agrees(shape, kind, regionwise_bias, dtype):
+    rng = np.random.default_rng(30)
+    c = shape[1]
+    x = (3 * rng.standard_normal(shape) + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    params = [rng.standard_normal(c).astype(dtype) for _ in range(4)]
+    compare("rn_b", x, params, dy, dtype, mask=rn_mask(rng, kind, shape), regionwise_bias=regionwise_bias)
+
+
+@pytest.mark.parametrize("present", [(False,) * 4, (True, False, False, False), (False, True, True, False),
+                                     (False, False, False, True)])
+def test_rn_b_affine_off_or_partial_agrees(present):
+    rng = np.random.default_rng(31)
+    shape = (2, 3, 4, 5)
+    x, dy = 2 * rng.standard_normal(shape) - 1, rng.standard_normal(shape)
+    params = [rng.standard_normal(3) if p else None for p in present]
+    for regionwise_bias in (False, True):
+        compare("rn_b", x, params, dy, np.float64, mask=rn_mask(rng, "random", shape),
+                regionwise_bias=regionwise_bias)
+
+
+def test_rn_b_float32_statistics_far_from_zero():
+    """Holes filled with a constant, valid pixels 1000 + 0.01·N(0, 1): the corrected two-pass moments of each region
+    in float32 keep the float64 statistics (the mean to 1e-5 of the standard deviation)."""
+    rng = np.random.default_rng(32)
+    shape = (3, 4, 37, 29)
+    mask = rn_mask(rng, "random", shape)
+    x = np.where(mask == 1, 0.5, 1000 + 0.01 * rng.standard_normal(shape)).astype(np.float32)
+    x += (mask * 1e-3 * rng.standard_normal(shape)).astype(np.float32)  # the hole region: small spread too
+    _, cache = F.forward("rn_b", x, backend="numba", mask=mask)
+    exact = region_stats(x.astype(np.float64), mask)
+    for column, region in ((0, 1), (1, 0)):
+        mean, var, _ = exact[region]
+        assert np.max(np.abs(cache.region.mean[:, column] - mean) / np.sqrt(var)) < 1e-5
+        assert np.max(np.abs(cache.region.var[:, column] / var - 1)) < 1e-5
+
+
+def test_rn_b_out_and_nothing_mutated():
+    impl = get_impl("rn_b", "numba")
+    rng = np.random.default_rng(33)
+    shape = (2, 3, 5, 4)
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    params = [rng.standard_normal(3) for _ in range(4)]
+    mask = rn_mask(rng, "random", shape)
+    before = [np.copy(a) for a in (x, dy, mask, *params)]
+    y, cache = impl.forward(x, *params, mask=mask)
+    grads = impl.backward(dy, cache)
+    buffer, dx_buffer = np.empty_like(x), np.empty_like(x)
+    y_out, cache_out = impl.forward(x, *params, mask=mask, out=buffer)
+    grads_out = impl.backward(dy, cache_out, out=dx_buffer)
+    assert y_out is buffer and np.array_equal(buffer, y) and grads_out[0] is dx_buffer
+    for a, b in zip(grads, grads_out):
+        assert np.array_equal(a, b)
+    for a, b in zip(before, (x, dy, mask, *params)):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="overlap"):
+        impl.forward(x, *params, mask=mask, out=x)
+    with pytest.raises(ValueError, match="overlap"):
+        impl.backward(dy, cache, out=dy)
+
+
+def test_rn_b_validation_like_the_reference_and_complex_refused():
+    x, mask = np.ones((2, 3, 4)), np.zeros((2, 1, 4))
+    bad = [(x, (np.ones(4),), dict(mask=mask)), (x, (), dict(mask=mask, eps=-1.0)),
+           (x, (), dict(mask=np.full((2, 1, 4), 0.5))), (x, (), dict(mask=np.zeros((3, 1, 4)))),
+           (np.ones((2, 3)), (), dict(mask=mask)), (x, (), dict(mask=mask, stats=(np.zeros(3), np.ones(3)))),
+           (x, (), dict(mask=mask.astype(complex)))]
+    for xx, params, hyper in bad:
+        with pytest.raises((TypeError, ValueError)) as ref:
+            F.forward("rn_b", xx, *params, backend="numpy", **hyper)
+        with pytest.raises(type(ref.value), match=re.escape(str(ref.value))):
+            F.forward("rn_b", xx, *params, backend="numba", **hyper)
+    for name, args in (("x", (x.astype(complex),)), ("gamma_f", (x, np.ones(3, complex))),
+                       ("beta_b", (x, None, None, None, np.ones(3, complex)))):
+        with pytest.raises(TypeError, match=name):
+            F.forward("rn_b", *args, backend="numba", mask=mask)
+    _, cache = F.forward("rn_b", x, backend="numba", mask=mask)
+    with pytest.raises(TypeError, match="dy"):
+        F.backward("rn_b", x.astype(complex), cache)
+
+
+def test_rn_b_non_contiguous_inputs_and_resized_mask():
+    rng = np.random.default_rng(34)
+    x = (3 * rng.standard_normal((2, 3, 6, 10)) + 1)[..., ::2]
+    dy = np.asfortranarray(rng.standard_normal((2, 3, 6, 5)))
+    params = [rng.standard_normal(6)[::2] for _ in range(4)]
+    assert not x.flags.c_contiguous and not dy.flags.c_contiguous
+    mask = (rng.random((2, 1, 3, 5)) < 0.4)[..., ::-1]  # bool, strided, half the height: resized (nearest)
+    compare("rn_b", x, params, dy, np.float64, mask=mask)
+
+
+# float32, 70·4·300 values = 336 KB: above the 256 KB under which a kernel runs on the calling thread only
+def test_rn_b_and_rn_l_deterministic():
+    """Bitwise equal results on two threads, again, and on one thread."""
+    rng = np.random.default_rng(35)
+    shape = (70, 4, 20, 15)
+    x = (2 * rng.standard_normal(shape) + 1).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    params = [rng.standard_normal(4).astype(np.float32) for _ in range(4)]
+    mask = rn_mask(rng, "random", shape)
+    layer = nn.RegionNormL(4, threshold=0.5, kernel_size=3, seed=2, backend="numba", dtype=np.float32)
+    xl = (0.1 * x + 0.1).astype(np.float32)
+
+    def run_once():
+        y, cache = F.forward("rn_b", x, *params, backend="numba", mask=mask, regionwise_bias=True)
+        yl = layer.forward(xl)
+        return [y, *F.backward("rn_b", dy, cache), yl, layer.backward(dy)]
+
+    first, second = run_once(), run_once()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = run_once()
+    finally:
+        numba.set_num_threads(previous)
+    for other in (second, single):
+        for a, b in zip(first, other):
+            assert np.array_equal(a, b)
+
+
+def rn_l_params(rng, k, dtype, biases=True):
+    shapes = [(1, 2, k, k), (1, 1, k, k), (1,), (1, 1, k, k), (1,)]
+    params = [rng.uniform(-1, 1, s).astype(dtype) for s in shapes]
+    if not biases:
+        params[2] = params[4] = None
+    return params
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape,k,biases", [((2, 3, 6, 6), 3, True), ((1, 4, 5, 7), 3, False),
+                                            ((2, 5, 9, 8), 5, True)])
+def test_rn_l_agrees(shape, k, biases, dtype):
+    rng = np.random.default_rng(36)
+    x = small_input(rng, shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    params = rn_l_params(rng, k, dtype, biases)
+    cache, cache_ref = compare("rn_l", x, params, dy, dtype, threshold=0.5)
+    assert np.array_equal(rn_l_mask(cache), rn_l_mask(cache_ref))
+    assert 0 < rn_l_mask(cache).sum() < rn_l_mask(cache).size  # both regions used
+
+
+def test_rn_l_out_validation_and_complex_refused():
+    impl = get_impl("rn_l", "numba")
+    rng = np.random.default_rng(37)
+    shape = (2, 3, 6, 5)
+    x, dy = small_input(rng, shape), rng.standard_normal(shape)
+    params = rn_l_params(rng, 3, np.float64)
+    before = [np.copy(a) for a in (x, dy, *params)]
+    y, cache = impl.forward(x, *params, threshold=0.5)
+    grads = impl.backward(dy, cache)
+    buffer, dx_buffer = np.empty_like(x), np.empty_like(x)
+    y_out, cache_out = impl.forward(x, *params, threshold=0.5, out=buffer)
+    grads_out = impl.backward(dy, cache_out, out=dx_buffer)
+    assert y_out is buffer and np.array_equal(buffer, y) and grads_out[0] is dx_buffer
+    for a, b in zip(grads, grads_out):
+        assert np.array_equal(a, b)
+    for a, b in zip(before, (x, dy, *params)):
+        assert np.array_equal(a, b)
+    bad = [((x, None, *params[1:]), {}), ((x, params[0][:, :, :2], *params[1:]), {}),
+           ((x, *params), dict(eps=-1.0)), ((x[0], *params), {}), ((x, *params), dict(stats=(0, 1)))]
+    for args, hyper in bad:
+        with pytest.raises((TypeError, ValueError)) as ref:
+            F.forward("rn_l", *args, backend="numpy", **hyper)
+        with pytest.raises(type(ref.value), match=re.escape(str(ref.value))):
+            F.forward("rn_l", *args, backend="numba", **hyper)
+    with pytest.raises(TypeError, match="x"):
+        F.forward("rn_l", x.astype(complex), *params, backend="numba")
+    with pytest.raises(TypeError, match="w_sa"):
+        F.forward("rn_l", x, params[0].astype(complex), *params[1:], backend="numba")
+    with pytest.raises(TypeError, match="dy"):
+        F.backward("rn_l", dy.astype(complex), cache)
+
+
+def test_rn_layers_on_numba_like_numpy():
+    """The layers dispatch to "numba" and keep their behaviour: RN-B's fixed mask, RN-L's last_mask."""
+    rng = np.random.default_rng(38)
+    shape = (2, 3, 6, 6)
+    x, dy = small_input(rng, shape), rng.standard_normal(shape)
+    for make in (lambda b: nn.RegionNormB(3, backend=b), lambda b: nn.RegionNormL(3, threshold=0.5, seed=4,
+                                                                                   backend=b)):
+        layers = [make(b) for b in ("numpy", "numba")]
+        outs = []
+        for layer in layers:
+            if isinstance(layer, nn.RegionNormB):
+                for name in layer.param_names:
+                    layer.params[name][:] = np.linspace(-0.5, 0.5, 3)
+                layer.set_mask(fixed_mask(shape))
+            outs.append((layer.forward(x), layer.backward(dy), dict(layer.grads)))
+        assert layers[1].cache.backend == "numba"
+        (y0, dx0, g0), (y1, dx1, g1) = outs
+        assert norm_rel_error(y1, y0) <= 1e-12 and norm_rel_error(dx1, dx0) <= 1e-12
+        for name in g0:
+            assert norm_rel_error(g1[name], g0[name]) <= 1e-12
+        if isinstance(layers[0], nn.RegionNormL):
+            assert np.array_equal(layers[0].last_mask(), layers[1].last_mask())
+
+
+RN_SPECS = {"RegionNormB", "RegionNormB-paperbias", "RegionNormL"}
+RN_CASES = [(s, mode, affine) for s in all_specs() if s.name in RN_SPECS for mode in s.modes for affine in s.affine]
+
+
+def test_rn_registered_on_numba():
+    assert {s.name for s, _, _ in RN_CASES} == RN_SPECS
+    for op in ("rn_b", "rn_l"):
+        assert "numba" in available_op_backends(op)
+
+
+@pytest.mark.parametrize("spec,mode,affine", RN_CASES, ids=[f"{s.name}-{m}-affine{a}" for s, m, a in RN_CASES])
+def test_rn_gradcheck_on_numba(spec, mode, affine):
+    report = check(spec, mode=mode, affine=affine, backend="numba")
+    assert report.passed, "\n" + report.table()

@@ -10,10 +10,11 @@ import numbers
 import numpy as np
 
 from .. import functional as F
+from .._registry import get_impl
 from .._validate import check_fraction, check_positive_float, check_positive_int
 from ..ops.power_norm import check_count
 from ..ops.unified_norm import (UnifiedNormGradState, UnifiedNormState, initial_grad_state, initial_state,
-                                unified_norm_backward_approx, update_state)
+                                update_state)
 from ._norm_base import SurrogateNorm, check_channels, init_affine
 from .power_norm import check_backward_choice
 
@@ -48,6 +49,8 @@ class UnifiedNorm(SurrogateNorm):
         backward: required, ``"exact"`` (the true gradient of the forward as computed, checked by finite
             differences) or ``"approx"`` (the code's rule, which updates ``ema_gz`` and ``buffer_gz`` at every
             backward call). In eval the backward is exact, as in the code (autograd).
+        backend: the backend of the forward and of both backwards (the approximate one is the registered op
+            ``"unified_norm_approx"``, on "numpy" and "numba"; another backend raises ``NotImplementedError``).
 
     Buffers (the code's names): ``running_var`` ``(C,)`` 1, ``ema_gz`` ``(C,)`` 0, ``iters`` 0, ``buffer_x2``
     ``(W_f, C)`` 0, ``buffer_gz`` ``(W_b, C)`` 0, ``skip_counter`` 0. The repo advises resetting ``iters`` to 0
@@ -64,6 +67,7 @@ class UnifiedNorm(SurrogateNorm):
     """
 
     op = "unified_norm"
+    approx_op = "unified_norm_approx"  # the surrogate, looked up for the backend the forward ran on
 
     def __init__(self, num_features, window_size=4, warmup_iters=4000, outlier_filtration=False, eps=1e-5,
                  momentum=0.9, affine=True, compensation_floor=1000, *, backward, backend=None, dtype=np.float64):
@@ -110,7 +114,8 @@ class UnifiedNorm(SurrogateNorm):
 
     def approx_backward(self, dy):
         grad_state = UnifiedNormGradState(self.buffers["ema_gz"], self.buffers["buffer_gz"])
-        dx, dgamma, dbeta, new = unified_norm_backward_approx(dy, self.cache, grad_state, momentum=self.momentum)
+        rule = get_impl(self.approx_op, self.cache.backend).backward
+        dx, dgamma, dbeta, new = rule(dy, self.cache, grad_state, momentum=self.momentum)
         self.buffers.update(new._asdict())  # state updated by the backward, kept with the other buffers
         return dx, (dgamma, dbeta)
 

@@ -211,8 +211,8 @@ def _xhat(cache: RegionCache):
     return _unrows(rows, cache.x_shape)
 
 
-def _check_x(x, min_spatial=1):
-    x = as_array(x, "x")
+def _check_x(x, min_spatial=1, allow_complex=True):
+    x = as_array(x, "x", allow_complex=allow_complex)
     check_ndim(x, "x", tuple(range(2 + min_spatial, 6)), "(N, C, *spatial)")
     check_nonempty(x, "x")
     return x
@@ -242,6 +242,47 @@ class RNBCache(NamedTuple):
     backend: str = "numpy"
 
 
+class RNBArgs(NamedTuple):
+    """Validated arguments of :func:`rn_b_forward` (shared with the compiled backends)."""
+
+    x: np.ndarray  # (N, C, *spatial)
+    params: tuple  # (gamma_f, beta_f, gamma_b, beta_b), each (C,) in x's dtype or None
+    mask: np.ndarray  # (N, 1, *spatial) float64 of 0/1, resized to x's spatial size
+    eps: float
+
+
+def rn_b_args(x, gamma_f, beta_f, gamma_b, beta_b, *, mask, eps, stats, allow_complex=True) -> RNBArgs:
+    """Validate the arguments of :func:`rn_b_forward` (see it for their meaning).
+
+    ``allow_complex=False`` (the compiled backends) refuses complex ``x`` and parameters with a ``TypeError``
+    naming them.
+    """
+    if stats is not None:
+        raise ValueError("stats must be None: region normalization always uses batch statistics")
+    x = _check_x(x, allow_complex=allow_complex)
+    num_channels = x.shape[1]
+    params = tuple(cast_like(x, check_param(p, name, (num_channels,), allow_complex=allow_complex))
+                   for p, name in zip((gamma_f, beta_f, gamma_b, beta_b), ("gamma_f", "beta_f", "gamma_b", "beta_b")))
+    mask = check_mask(mask, x.shape)
+    eps = check_positive_float(eps, "eps", allow_zero=True)
+    return RNBArgs(x, params, mask, eps)
+
+
+def rn_b_region_affine(params, regionwise_bias):
+    """``(scales, biases)`` per region (index 0: ``M = 1``) from ``(gamma_f, beta_f, gamma_b, beta_b)``.
+
+    Scales are ``1 + gamma_r``; biases are ``beta_r`` (``regionwise_bias``) or ``beta_f + beta_b`` on both regions
+    (the code). ``None`` stays ``None`` (an absent bias on both: ``None``).
+    """
+    gamma_f, beta_f, gamma_b, beta_b = params
+    scales = tuple(None if g is None else 1.0 + g for g in (gamma_f, gamma_b))
+    if regionwise_bias:
+        return scales, (beta_f, beta_b)
+    present = [b for b in (beta_f, beta_b) if b is not None]
+    total = None if not present else (present[0] if len(present) == 1 else present[0] + present[1])
+    return scales, (total, total)
+
+
 def rn_b_forward(x, gamma_f=None, beta_f=None, gamma_b=None, beta_b=None, *, mask, eps=1e-5,
                  regionwise_bias=False, stats=None):
     """RN-B: region normalization with a given binary mask and region-wise scales ``1 + gamma``.
@@ -266,44 +307,36 @@ def rn_b_forward(x, gamma_f=None, beta_f=None, gamma_b=None, beta_b=None, *, mas
         >>> bool(np.allclose(holes.mean(axis=1), 0) and np.allclose(holes.var(axis=1), 1, atol=1e-3))
         True
     """
-    if stats is not None:
-        raise ValueError("stats must be None: region normalization always uses batch statistics")
-    x = _check_x(x)
-    num_channels = x.shape[1]
-    params = [cast_like(x, check_param(p, name, (num_channels,)))
-              for p, name in zip((gamma_f, beta_f, gamma_b, beta_b), ("gamma_f", "beta_f", "gamma_b", "beta_b"))]
-    gamma_f, beta_f, gamma_b, beta_b = params
-    mask = check_mask(mask, x.shape)
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    scales = tuple(None if g is None else 1.0 + g for g in (gamma_f, gamma_b))
-    if regionwise_bias:
-        biases = (beta_f, beta_b)
-    else:
-        present = [b for b in (beta_f, beta_b) if b is not None]
-        total = None if not present else (present[0] if len(present) == 1 else present[0] + present[1])
-        biases = (total, total)
-    y, region = region_normalize_forward(x, mask, scales, biases, eps=eps)
-    return y, RNBCache(region, tuple(p is not None for p in params), bool(regionwise_bias))
+    a = rn_b_args(x, gamma_f, beta_f, gamma_b, beta_b, mask=mask, eps=eps, stats=stats)
+    scales, biases = rn_b_region_affine(a.params, regionwise_bias)
+    y, region = region_normalize_forward(a.x, a.mask, scales, biases, eps=a.eps)
+    return y, RNBCache(region, tuple(p is not None for p in a.params), bool(regionwise_bias))
 
 
 def rn_b_backward(dy, cache: RNBCache):
     """Exact gradients of :func:`rn_b_forward`: ``(dx, dgamma_f, dbeta_f, dgamma_b, dbeta_b)`` (``None`` if absent)."""
     dy = check_dy(dy, cache.region.x_shape, next(c.xhat.dtype for c in cache.region.norm if c is not None))
-    dx, (dscale_f, dbias_f), (dscale_b, dbias_b) = region_normalize_backward(dy, cache.region)
-    num_channels = cache.region.x_shape[1]
+    dx, grads_f, grads_b = region_normalize_backward(dy, cache.region)
+    return (dx,) + rn_b_param_grads(grads_f, grads_b, cache.has_params, cache.regionwise_bias,
+                                    cache.region.x_shape[1], dy.dtype)
+
+
+def rn_b_param_grads(grads_f, grads_b, has_params, regionwise_bias, num_channels, dtype):
+    """``(dgamma_f, dbeta_f, dgamma_b, dbeta_b)`` from the per-region ``(dscale_r, dbias_r)`` (``None`` for an empty
+    region, which contributes zero); ``None`` for an absent parameter. Shared with the compiled backends."""
+    (dscale_f, dbias_f), (dscale_b, dbias_b) = grads_f, grads_b
 
     def total(*parts):  # sum of per-region parameter gradients, a region without pixels contributing zero
         parts = [p for p in parts if p is not None]
-        return sum(parts[1:], parts[0]) if parts else np.zeros(num_channels, dy.dtype)
+        return sum(parts[1:], parts[0]) if parts else np.zeros(num_channels, dtype)
 
-    dgamma_f = total(dscale_f) if cache.has_params[0] else None
-    dgamma_b = total(dscale_b) if cache.has_params[2] else None
-    if cache.regionwise_bias:
+    dgamma_f = total(dscale_f) if has_params[0] else None
+    dgamma_b = total(dscale_b) if has_params[2] else None
+    if regionwise_bias:
         dbeta_f, dbeta_b = total(dbias_f), total(dbias_b)
     else:
         dbeta_f = dbeta_b = total(dbias_f, dbias_b)
-    return (dx, dgamma_f, dbeta_f if cache.has_params[1] else None, dgamma_b,
-            dbeta_b if cache.has_params[3] else None)
+    return (dgamma_f, dbeta_f if has_params[1] else None, dgamma_b, dbeta_b if has_params[3] else None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -381,39 +414,14 @@ def rn_l_forward(x, w_sa, w_gamma, b_gamma=None, w_beta=None, b_beta=None, *, th
     Returns:
         ``(y (N, C, H, W), cache)``.
     """
-    if stats is not None:
-        raise ValueError("stats must be None: region normalization always uses batch statistics")
-    x = as_array(x, "x")
-    check_ndim(x, "x", (4,), "(N, C, H, W)")
-    check_nonempty(x, "x")
-    if w_sa is None:
-        raise ValueError("w_sa must be an array of shape (1, 2, k, k), got None")
-    w_sa = as_array(w_sa, "w_sa")
-    if w_sa.ndim != 4 or w_sa.shape[:2] != (1, 2) or w_sa.shape[2] != w_sa.shape[3] \
-            or w_sa.shape[2] % 2 == 0:
-        raise ValueError(f"w_sa must have shape (1, 2, k, k) with k odd, got {w_sa.shape}")
-    k = w_sa.shape[2]
-    w_gamma, w_beta = (cast_like(x, check_param(w, name, (1, 1, k, k)))
-                       for w, name in ((w_gamma, "w_gamma"), (w_beta, "w_beta")))
-    if w_gamma is None or w_beta is None:
-        raise ValueError(f"w_gamma and w_beta must be arrays of shape (1, 1, {k}, {k}), got None")
-    b_gamma, b_beta = (cast_like(x, check_param(b, name, (1,))) for b, name in ((b_gamma, "b_gamma"),
-                                                                               (b_beta, "b_beta")))
-    w_sa = cast_like(x, w_sa)
-    threshold = check_positive_float(threshold, "threshold", allow_zero=True)
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-
-    argmax = np.argmax(x.real, axis=1)[:, None]  # (N, 1, H, W); real part: complex-step safe
-    pooled = np.concatenate([x.mean(axis=1, keepdims=True), np.take_along_axis(x, argmax, axis=1)], axis=1)
-    z, conv_sa = conv2d_same_forward(pooled, w_sa)
-    s = _sigmoid(z)
-    gamma_s, conv_gamma = conv2d_same_forward(s, w_gamma, b_gamma)
-    beta_s, conv_beta = conv2d_same_forward(s, w_beta, b_beta)
-    mask = (s.real >= threshold).astype(np.float64)  # detached: no gradient flows through the threshold
-    xhat, region = region_normalize_forward(x, mask, eps=eps)
-    scale = 1.0 + gamma_s
-    y = xhat * scale + beta_s
-    return y, RNLCache(region, xhat, scale, s, argmax, conv_sa, conv_gamma, conv_beta)
+    a = rn_l_args(x, w_sa, w_gamma, b_gamma, w_beta, b_beta, threshold=threshold, eps=eps, stats=stats)
+    x = a.x
+    r = rn_l_response_forward(x, *a.params)
+    mask = (r.s.real >= a.threshold).astype(np.float64)  # detached: no gradient flows through the threshold
+    xhat, region = region_normalize_forward(x, mask, eps=a.eps)
+    scale = 1.0 + r.gamma_s
+    y = xhat * scale + r.beta_s
+    return y, RNLCache(region, xhat, scale, r.s, r.argmax, r.conv_sa, r.conv_gamma, r.conv_beta)
 
 
 def rn_l_backward(dy, cache: RNLCache):
@@ -425,6 +433,74 @@ def rn_l_backward(dy, cache: RNLCache):
     dbeta_s = dy.sum(axis=1, keepdims=True)
     # node 2: region-wise BN (mask constant)
     dx, _, _ = region_normalize_backward(dy * cache.scale, cache.region)
+    # nodes 3-5: the response map
+    return rn_l_response_backward(dx, dgamma_s, dbeta_s, cache)
+
+
+class RNLArgs(NamedTuple):
+    """Validated arguments of :func:`rn_l_forward` (shared with the compiled backends)."""
+
+    x: np.ndarray  # (N, C, H, W)
+    params: tuple  # (w_sa, w_gamma, b_gamma, w_beta, b_beta) in x's dtype (biases may be None)
+    threshold: float
+    eps: float
+
+
+def rn_l_args(x, w_sa, w_gamma, b_gamma, w_beta, b_beta, *, threshold, eps, stats, allow_complex=True) -> RNLArgs:
+    """Validate the arguments of :func:`rn_l_forward`; ``allow_complex=False`` refuses complex arrays
+    (``TypeError`` naming them)."""
+    if stats is not None:
+        raise ValueError("stats must be None: region normalization always uses batch statistics")
+    x = as_array(x, "x", allow_complex=allow_complex)
+    check_ndim(x, "x", (4,), "(N, C, H, W)")
+    check_nonempty(x, "x")
+    if w_sa is None:
+        raise ValueError("w_sa must be an array of shape (1, 2, k, k), got None")
+    w_sa = as_array(w_sa, "w_sa", allow_complex=allow_complex)
+    if w_sa.ndim != 4 or w_sa.shape[:2] != (1, 2) or w_sa.shape[2] != w_sa.shape[3] \
+            or w_sa.shape[2] % 2 == 0:
+        raise ValueError(f"w_sa must have shape (1, 2, k, k) with k odd, got {w_sa.shape}")
+    k = w_sa.shape[2]
+    w_gamma, w_beta = (cast_like(x, check_param(w, name, (1, 1, k, k), allow_complex=allow_complex))
+                       for w, name in ((w_gamma, "w_gamma"), (w_beta, "w_beta")))
+    if w_gamma is None or w_beta is None:
+        raise ValueError(f"w_gamma and w_beta must be arrays of shape (1, 1, {k}, {k}), got None")
+    b_gamma, b_beta = (cast_like(x, check_param(b, name, (1,), allow_complex=allow_complex))
+                       for b, name in ((b_gamma, "b_gamma"), (b_beta, "b_beta")))
+    w_sa = cast_like(x, w_sa)
+    threshold = check_positive_float(threshold, "threshold", allow_zero=True)
+    eps = check_positive_float(eps, "eps", allow_zero=True)
+    return RNLArgs(x, (w_sa, w_gamma, b_gamma, w_beta, b_beta), threshold, eps)
+
+
+class RNLResponse(NamedTuple):
+    """The response map and the pixel affine of RN-L (module docstring), with the caches of their convolutions."""
+
+    s: np.ndarray  # (N, 1, H, W)
+    gamma_s: np.ndarray  # (N, 1, H, W)
+    beta_s: np.ndarray  # (N, 1, H, W)
+    argmax: np.ndarray  # (N, 1, H, W) channel of the maximum
+    conv_sa: ConvCache
+    conv_gamma: ConvCache
+    conv_beta: ConvCache
+
+
+def rn_l_response_forward(x, w_sa, w_gamma, b_gamma, w_beta, b_beta) -> RNLResponse:
+    """``s = sigmoid(conv([mean_c x; max_c x]; w_sa))``, ``gamma_s``, ``beta_s`` of validated arguments."""
+    argmax = np.argmax(x.real, axis=1)[:, None]  # (N, 1, H, W); real part: complex-step safe
+    pooled = np.concatenate([x.mean(axis=1, keepdims=True), np.take_along_axis(x, argmax, axis=1)], axis=1)
+    z, conv_sa = conv2d_same_forward(pooled, w_sa)
+    s = _sigmoid(z)
+    gamma_s, conv_gamma = conv2d_same_forward(s, w_gamma, b_gamma)
+    beta_s, conv_beta = conv2d_same_forward(s, w_beta, b_beta)
+    return RNLResponse(s, gamma_s, beta_s, argmax, conv_sa, conv_gamma, conv_beta)
+
+
+def rn_l_response_backward(dx, dgamma_s, dbeta_s, cache):
+    """Nodes 3-5 of the backward: add the response map's share to the region normalization's ``dx`` and return
+    ``(dx, dw_sa, dw_gamma, db_gamma, dw_beta, db_beta)``, from ``dgamma_s``, ``dbeta_s`` ``(N, 1, H, W)``.
+    ``cache`` holds ``s``, ``argmax`` and the three convolution caches (an :class:`RNLCache`, or a compiled
+    backend's cache with those fields)."""
     # node 3: the two 1->1 convolutions of s
     ds_g, dw_gamma, db_gamma = conv2d_same_backward(dgamma_s, cache.conv_gamma)
     ds_b, dw_beta, db_beta = conv2d_same_backward(dbeta_s, cache.conv_beta)
@@ -440,7 +516,11 @@ def rn_l_backward(dy, cache: RNLCache):
 
 
 def rn_l_mask(cache: RNLCache) -> np.ndarray:
-    """The mask ``(N, 1, H, W)`` the forward used (1 where ``s >= threshold``)."""
+    """The mask ``(N, 1, H, W)`` the forward used (1 where ``s >= threshold``).
+
+    A compiled backend's cache carries it as its ``mask`` field (a copy is returned)."""
+    if getattr(cache, "mask", None) is not None:
+        return np.array(cache.mask, dtype=np.float64)
     region = cache.region
     n, _, *spatial = region.x_shape
     flat = np.zeros(n * int(np.prod(spatial)))

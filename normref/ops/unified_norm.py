@@ -148,6 +148,12 @@ class UnifiedNormCache(NamedTuple):
     warmup_iters: int
     backend: str = "numpy"
 
+    @property
+    def sigma2(self) -> np.ndarray:
+        """(K) the statistic the forward divided by (what :func:`update_state` folds in; every backend's cache has
+        it)."""
+        return self.norm.var
+
 
 def initial_state(num_features: int, window_size: int, dtype=np.float64) -> UnifiedNormState:
     """The code's initial forward buffers."""
@@ -189,6 +195,89 @@ def _is_outlier(window_before, window_after) -> bool:
     return bool(np.any(real.mean(axis=0) - _geometric_mean(real) > rho * size))
 
 
+class UnifiedNormArgs(NamedTuple):
+    """The validated arguments of :func:`unified_norm_forward` (shared by every backend)."""
+
+    x: np.ndarray  # (N, C, *spatial), as an array
+    gamma: np.ndarray | None  # (C,), cast to x's dtype
+    beta: np.ndarray | None  # (C,), cast to x's dtype
+    eps: float
+    warmup_iters: int
+    compensation_floor: int
+    keep: np.ndarray | None  # (N, 1, *spatial) 1 = non-padding, or None
+    count: int  # m, the number of non-padding positions
+
+
+def unified_norm_args(x, gamma, beta, *, eps, warmup_iters, compensation_floor, pad_mask,
+                      allow_complex=True) -> UnifiedNormArgs:
+    """Validate the arguments of :func:`unified_norm_forward` (see it for their meaning).
+
+    ``allow_complex=False`` (the compiled backends) refuses complex ``x`` and parameters with a ``TypeError``
+    naming the argument.
+    """
+    x = as_array(x, "x", allow_complex=allow_complex)
+    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
+    check_nonempty(x, "x")
+    gamma, beta = check_affine(x, gamma, beta, (x.shape[1],), allow_complex=allow_complex)
+    eps = check_positive_float(eps, "eps", allow_zero=True)
+    warmup_iters = check_count(warmup_iters, "warmup_iters")
+    compensation_floor = check_count(compensation_floor, "compensation_floor")
+    keep, count = position_mask(pad_mask, x)
+    return UnifiedNormArgs(x, gamma, beta, eps, warmup_iters, compensation_floor, keep, count)
+
+
+class UnifiedNormStep(NamedTuple):
+    """The statistic one forward divides by, and the step's bookkeeping (:func:`step_statistic`)."""
+
+    sigma2: np.ndarray  # (C,) in x's dtype: the statistic used
+    stat_weight: np.ndarray | float  # w = d sigma^2 / d q: 1.0, (C,) sigma^2/(W_f q) in x's dtype, or 0.0
+    r: np.ndarray  # (C,) real: the gradient compensation
+    iters: int | None  # t of this training step; None for a stateless call
+    skip: bool
+    outlier: bool
+    buffer_x2: np.ndarray | None  # (W_f, C) the forward window after this step
+
+
+def step_statistic(x, q, *, state, stats, eps, warmup_iters, outlier_filtration, compensation_floor,
+                   allow_complex=True) -> UnifiedNormStep:
+    """From this batch's quadratic mean ``q`` ``(C,)`` (unused with ``stats``): the statistic ``sigma^2`` of a
+    training step (``state``), of evaluation (``stats``) or of a stateless call, with ``w``, ``r`` and the new
+    window (the O(C) part of the forward, shared by every backend; the module docstring has the rules)."""
+    num_channels = x.shape[1]  # q is not read in evaluation (it may be None there)
+    ones = np.ones(num_channels, np.empty(0, x.dtype).real.dtype)
+    t, skip, outlier, window = None, True, False, None
+    if stats is not None:
+        if state is not None:
+            raise ValueError("pass either state (a training step) or stats (evaluation), not both")
+        _, var = check_stats(stats, (num_channels,), x, need_mean=False, allow_complex=allow_complex)
+        sigma2, weight, r = var, 0.0, ones
+    elif state is None:
+        sigma2, weight, r = q, 1.0, ones
+    else:
+        state = _check_state(state, num_channels)
+        t = state.iters + 1
+        size = state.buffer_x2.shape[0]
+        skip = size <= 1
+        before = state.buffer_x2
+        window = before.astype(np.result_type(before.dtype, q.dtype), copy=True)
+        window[t % size] = q
+        if outlier_filtration and t >= warmup_iters and _is_outlier(before, window):
+            window[t % size] = state.running_var
+            skip = outlier = True
+        if t <= size or t < warmup_iters or skip:
+            sigma2, weight = q, 1.0
+        else:
+            sigma2 = _geometric_mean(window)
+            weight = cast_like(x, sigma2 / (size * q))
+        if t <= max(compensation_floor, warmup_iters) or skip:
+            r = ones
+        else:  # a backward-only quantity: taken from real parts so a complex-step probe cannot reach the clip
+            ratio = np.sqrt(sigma2.real + eps) / np.sqrt(state.running_var.real + eps)
+            r = np.clip(ratio, *R_CLIP).astype(ones.dtype)
+    sigma2 = cast_like(x, np.asarray(sigma2))  # the float64 window must not promote float32 input
+    return UnifiedNormStep(sigma2, weight, r, t, skip, outlier, window)
+
+
 def unified_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, state=None, warmup_iters=4000,
                          outlier_filtration=False, compensation_floor=1000, stats=None, pad_mask=None):
     """One UN forward: a training step (``state`` given), evaluation (``stats``), or plain batch statistics.
@@ -213,63 +302,32 @@ def unified_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, state=None, warm
         >>> cache.iters, cache.stat_weight, bool(np.allclose((y ** 2).mean(axis=(0, 2)), 1, atol=1e-4))
         (1, 1.0, True)
     """
-    x = as_array(x, "x")
-    check_ndim(x, "x", (2, 3, 4, 5), "(N, C, *spatial)")
-    check_nonempty(x, "x")
+    x, gamma, beta, eps, warmup_iters, compensation_floor, keep, count = unified_norm_args(
+        x, gamma, beta, eps=eps, warmup_iters=warmup_iters, compensation_floor=compensation_floor,
+        pad_mask=pad_mask)
     num_channels = x.shape[1]
-    gamma, beta = check_affine(x, gamma, beta, (num_channels,))
-    eps = check_positive_float(eps, "eps", allow_zero=True)
-    warmup_iters = check_count(warmup_iters, "warmup_iters")
-    compensation_floor = check_count(compensation_floor, "compensation_floor")
-    keep, count = position_mask(pad_mask, x)
     stat_shape = (1, num_channels) + (1,) * (x.ndim - 2)
     batch_q = masked_mean_square(x, keep, count)
-    q = batch_q.reshape(num_channels)
-    ones = np.ones(stat_shape, np.empty(0, x.dtype).real.dtype)
-    t, skip, outlier, window = None, True, False, None
-    if stats is not None:
-        if state is not None:
-            raise ValueError("pass either state (a training step) or stats (evaluation), not both")
-        _, var = check_stats(stats, (num_channels,), x, need_mean=False)
-        sigma2, weight, r = var, 0.0, ones
-    elif state is None:
-        sigma2, weight, r = q, 1.0, ones
-    else:
-        state = _check_state(state, num_channels)
-        t = state.iters + 1
-        size = state.buffer_x2.shape[0]
-        skip = size <= 1
-        before = state.buffer_x2
-        window = before.astype(np.result_type(before.dtype, q.dtype), copy=True)
-        window[t % size] = q
-        if outlier_filtration and t >= warmup_iters and _is_outlier(before, window):
-            window[t % size] = state.running_var
-            skip = outlier = True
-        if t <= size or t < warmup_iters or skip:
-            sigma2, weight = q, 1.0
-        else:
-            sigma2 = _geometric_mean(window)
-            weight = cast_like(x, (sigma2 / (size * q)).reshape(stat_shape))
-        if t <= max(compensation_floor, warmup_iters) or skip:
-            r = ones
-        else:  # a backward-only quantity: taken from real parts so a complex-step probe cannot reach the clip
-            ratio = np.sqrt(sigma2.real + eps) / np.sqrt(state.running_var.real + eps)
-            r = np.clip(ratio, *R_CLIP).reshape(stat_shape).astype(ones.dtype)
-    sigma2 = cast_like(x, np.asarray(sigma2))  # the float64 window must not promote float32 input
+    step = step_statistic(x, batch_q.reshape(num_channels), state=state, stats=stats, eps=eps,
+                          warmup_iters=warmup_iters, outlier_filtration=outlier_filtration,
+                          compensation_floor=compensation_floor)
+    weight = step.stat_weight if isinstance(step.stat_weight, float) else step.stat_weight.reshape(stat_shape)
     y, norm = normalize_forward(x, gamma, beta, reduce_axes=(0,) + tuple(range(2, x.ndim)),
                                 param_view_shape=stat_shape, eps=eps, center=False,
-                                stats=(None, sigma2.reshape(stat_shape)))
-    cache = UnifiedNormCache(norm=norm, batch_q=batch_q, keep=keep, count=count, stat_weight=weight, iters=t,
-                             skip=skip, outlier=outlier, r=r, buffer_x2=window, warmup_iters=warmup_iters)
+                                stats=(None, step.sigma2.reshape(stat_shape)))
+    cache = UnifiedNormCache(norm=norm, batch_q=batch_q, keep=keep, count=count, stat_weight=weight,
+                             iters=step.iters, skip=step.skip, outlier=step.outlier, r=step.r.reshape(stat_shape),
+                             buffer_x2=step.buffer_x2, warmup_iters=warmup_iters)
     return y, cache
 
 
 def update_state(state: UnifiedNormState, cache: UnifiedNormCache, *, momentum=0.9) -> UnifiedNormState:
-    """The forward buffers after the training step that made ``cache``; ``momentum`` weighs the **old** value."""
+    """The forward buffers after the training step that made ``cache`` (any backend's: it reads ``iters``,
+    ``sigma2``, ``buffer_x2`` and ``outlier``); ``momentum`` weighs the **old** value."""
     momentum = check_fraction(momentum, "momentum")
     if cache.iters is None:
         raise ValueError("cache is not from a training step (unified_norm_forward was called without state)")
-    sigma2 = cache.norm.var.reshape(-1)
+    sigma2 = cache.sigma2.reshape(-1)
     running_var = momentum * state.running_var + (1.0 - momentum) * sigma2
     if not np.iscomplexobj(running_var):
         running_var = running_var.astype(state.running_var.dtype, copy=False)
@@ -306,32 +364,54 @@ def unified_norm_backward_approx(dy, cache: UnifiedNormCache, grad_state: Unifie
         raise ValueError("the approximate backward needs a cache from a training step (state given)")
     norm = cache.norm
     num_channels = norm.xhat.shape[1]
-    if not isinstance(grad_state, UnifiedNormGradState):
-        raise TypeError(f"grad_state must be a UnifiedNormGradState, got {type(grad_state).__name__}")
-    ema_gz, window = as_array(grad_state.ema_gz, "ema_gz"), as_array(grad_state.buffer_gz, "buffer_gz")
-    if ema_gz.shape != (num_channels,) or window.ndim != 2 or window.shape[1] != num_channels:
-        raise ValueError(f"grad_state must hold ema_gz ({num_channels},) and buffer_gz (window, {num_channels}), "
-                         f"got {ema_gz.shape} and {window.shape}")
+    grad_state = check_grad_state(grad_state, num_channels)
     dy = as_array(dy, "dy")
     _, _, dbeta = normalize_backward(dy, norm)
     dy = dy.reshape(norm.xhat.shape)
-    z, axes, t, size = norm.xhat, norm.reduce_axes, cache.iters, window.shape[0]
+    z, axes = norm.xhat, norm.reduce_axes
     g = (dy if norm.gamma_b is None else dy * norm.gamma_b) * cache.r  # gradient compensation
     lam = (g * z).mean(axis=axes).reshape(num_channels)  # over all positions, padding included
+    subtract, new_state = gradient_statistic(lam, grad_state, iters=cache.iters, skip=cache.skip,
+                                             warmup_iters=cache.warmup_iters, momentum=momentum)
+    a = g - subtract.reshape(cache.batch_q.shape) * z
+    dgamma = None if norm.gamma_b is None else (dy * cache.r * z).sum(axis=norm.param_axes).reshape(num_channels)
+    dx = (norm.rstd * a).astype(z.dtype, copy=False)  # float64 state must not promote float32 input
+    return dx, dgamma, dbeta, new_state
+
+
+def check_grad_state(grad_state, num_channels: int, *, allow_complex=True) -> UnifiedNormGradState:
+    """Validate the surrogate's backward state: ``ema_gz`` ``(C,)`` and ``buffer_gz`` ``(W_b, C)``, as arrays."""
+    if not isinstance(grad_state, UnifiedNormGradState):
+        raise TypeError(f"grad_state must be a UnifiedNormGradState, got {type(grad_state).__name__}")
+    ema_gz = as_array(grad_state.ema_gz, "ema_gz", allow_complex=allow_complex)
+    window = as_array(grad_state.buffer_gz, "buffer_gz", allow_complex=allow_complex)
+    if ema_gz.shape != (num_channels,) or window.ndim != 2 or window.shape[1] != num_channels:
+        raise ValueError(f"grad_state must hold ema_gz ({num_channels},) and buffer_gz (window, {num_channels}), "
+                         f"got {ema_gz.shape} and {window.shape}")
+    return UnifiedNormGradState(ema_gz, window)
+
+
+def gradient_statistic(lam, grad_state: UnifiedNormGradState, *, iters: int, skip: bool, warmup_iters: int,
+                       momentum: float):
+    """The surrogate's O(C) bookkeeping, shared by every backend: from this step's ``lambda`` ``(C,)``, what the
+    rule subtracts (``lambda_bar`` on a skipped step, the updated ``E`` otherwise) and the new backward state (in
+    ``ema_gz``'s dtype unless complex). ``grad_state`` is validated (:func:`check_grad_state`); nothing is mutated."""
+    ema_gz, window = grad_state
+    t, size = iters, window.shape[0]
     window = window.astype(np.result_type(window.dtype, lam.dtype), copy=True)
-    window[t % size] = ema_gz if cache.skip else lam
-    if t <= size or t < cache.warmup_iters or cache.skip:
+    window[t % size] = ema_gz if skip else lam
+    if t <= size or t < warmup_iters or skip:
         lam_bar = lam
     else:
         lam_bar = window.mean(axis=0)
     ema_new = momentum * ema_gz + (1.0 - momentum) * lam_bar
-    subtract = lam_bar if cache.skip else ema_new
-    a = g - subtract.reshape(cache.batch_q.shape) * z
-    dgamma = None if norm.gamma_b is None else (dy * cache.r * z).sum(axis=norm.param_axes).reshape(num_channels)
+    subtract = lam_bar if skip else ema_new
     if not np.iscomplexobj(ema_new):
         ema_new, window = ema_new.astype(ema_gz.dtype, copy=False), window.astype(ema_gz.dtype, copy=False)
-    dx = (norm.rstd * a).astype(z.dtype, copy=False)  # float64 state must not promote float32 input
-    return dx, dgamma, dbeta, UnifiedNormGradState(ema_new, window)
+    return subtract, UnifiedNormGradState(ema_new, window)
 
 
 register("unified_norm", "numpy", unified_norm_forward, unified_norm_backward)
+# UN whose backward is the surrogate: called as get_impl(...).backward(dy, cache, grad_state, momentum=...), so that
+# normref.nn.UnifiedNorm(backward="approx") runs it on the backend the forward ran on.
+register("unified_norm_approx", "numpy", unified_norm_forward, unified_norm_backward_approx)

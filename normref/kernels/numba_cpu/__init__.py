@@ -9,6 +9,12 @@ parameters), ``weight_standardization`` and ``scaled_weight_standardization`` (r
 the two-stage reduction of ``dα``, ``dγ``, ``dβ``; :mod:`.dyt`) and ``alpha_batch_norm`` (test-time BN calibration:
 the column-wise statistics and BatchNorm's given-statistics kernel, then its own backward through the mixed
 statistics; :mod:`.test_time_bn`).
+``unified_norm`` (Unified Normalization: row-chunked quadratic mean with ``pad_mask``, the window/outlier/state
+bookkeeping shared with the reference, a two-pass backward; its surrogate backward is the op
+``unified_norm_approx``; :mod:`.unified_norm`).
+``rn_b`` and ``rn_l`` (Region Normalization: column-wise like BatchNorm, both regions' masked moments in one
+sweep per pass, per-channel ownership of the gradients; RN-L's small convolutions stay NumPy;
+:mod:`.region_norm`).
 :mod:`normref._registry` imports it lazily the first time the backend is asked for.
 
 Two templates carry all five layers:
@@ -30,3 +36,5 @@ Tutorial ``08_from_numpy_to_numba`` walks through the design; ``normref bench`` 
 from . import batch_channel_norm, batch_norm, group_norm, instance_norm, layer_norm, rms_norm  # noqa: F401
 from . import evonorm, power_norm, weight_standardization  # noqa: F401
 from . import dyt, test_time_bn  # noqa: F401
+from . import unified_norm  # noqa: F401
+from . import region_norm  # noqa: F401
