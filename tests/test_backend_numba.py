@@ -25,6 +25,7 @@ from normref.cli import main
 from normref._registry import get_impl
 from normref.ops.batch_norm import batch_norm_batch_stats
 from normref.ops.instance_norm import instance_norm_batch_stats
+from normref.testing.determinism import assert_bitwise_repeatable
 from normref.testing.gradcheck import norm_rel_error
 from normref.testing.specs import all_specs, check
 
@@ -256,23 +257,15 @@ def test_deterministic(op, hyper, backend):
 
     For "numba-fast" too: reassociation fixes the order of its sums at compile time (per machine), not per run.
     """
-    import numba
-
     rng = np.random.default_rng(6)
     shape = (1100, 600) if op == "layer_norm" else (67, 6, 110)
     x, dy = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
     params = make_params(rng, op, shape, hyper, True, np.float32)
-    first, second = (run(op, backend, x, params, dy, hyper) for _ in range(2))
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        single = run(op, backend, x, params, dy, hyper)
-    finally:
-        numba.set_num_threads(previous)
-    for other in (second, single):
-        assert np.array_equal(first[0], other[0])
-        for a, b in zip(first[2], other[2]):
-            assert np.array_equal(a, b)
+    def run_once():
+        y, _, grads = run(op, backend, x, params, dy, hyper)
+        return [y, *grads]
+
+    assert_bitwise_repeatable(run_once)
 
 
 @pytest.mark.parametrize("backend", NUMBA_BACKENDS)
@@ -380,3 +373,14 @@ def test_bench_quick_smoke():
     assert "triad" in text and "LayerNorm" in text and "BatchNorm" in text and "fwd+bwd" in text
     assert "Numba ms" in text and "floor ms" in text
     assert "Numba fast ms" in text and "%floor fast" in text
+
+
+def test_bitwise_repeatability_check_can_fail():
+    """The repeatability helper the kernel tests share raises on a run that changes, or that changes its arity."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(AssertionError, match="differs bitwise"):
+        assert_bitwise_repeatable(lambda: [rng.standard_normal(3)])
+    calls = iter(range(3))
+    with pytest.raises(AssertionError, match="returned"):
+        assert_bitwise_repeatable(lambda: [np.zeros(2)] * (1 + next(calls)))
+    assert_bitwise_repeatable(lambda: [np.arange(3.0), None])

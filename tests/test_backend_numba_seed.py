@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from normref import functional as F
+from normref.testing.determinism import assert_bitwise_repeatable
 from normref.testing.gradcheck import norm_rel_error
 from normref.testing.specs import all_specs, check
 
@@ -74,7 +75,6 @@ def test_gradcheck_on_numba(spec, mode, affine):
 # ---------------------------------------------------------------------------------------------------------------
 # EvoNorm-B0 / S0, Weight Standardization / Scaled WS, PowerNorm (exact and surrogate backward, pad_mask)
 
-import numba  # noqa: E402
 
 from normref import nn  # noqa: E402
 from normref._registry import available_op_backends, get_impl  # noqa: E402
@@ -499,16 +499,7 @@ def test_seed_deterministic(op, shape, hyper, nparams):
             outputs += get_impl("power_norm_approx", "numba").backward(dy, cache, np.linspace(-1, 1, shape[1]))
         return outputs
 
-    first, second = run_once(), run_once()
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        single = run_once()
-    finally:
-        numba.set_num_threads(previous)
-    for other in (second, single):
-        for a, b in zip(first, other):
-            assert np.array_equal(a, b)
+    assert_bitwise_repeatable(run_once)
 
 
 SEED_OPS = ("evonorm_b0", "evonorm_s0", "weight_standardization", "scaled_weight_standardization", "power_norm")
@@ -787,16 +778,7 @@ def test_dyt_and_alpha_batch_norm_deterministic(op, shape, hyper):
         y, cache = F.forward(op, x, *params, backend="numba", **hyper)
         return [y, *F.backward(op, dy, cache)]
 
-    first, second = run_once(), run_once()
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        single = run_once()
-    finally:
-        numba.set_num_threads(previous)
-    for other in (second, single):
-        for a, b in zip(first, other):
-            assert np.array_equal(a, b)
+    assert_bitwise_repeatable(run_once)
 
 
 DYT_ABN_SPECS = {"DyT", "AlphaBatchNorm", "AlphaBatchNorm-sg", "AlphaBatchNorm-ttn"}
@@ -1035,16 +1017,7 @@ def test_unified_norm_deterministic(masked):
         approx = get_impl("unified_norm_approx", "numba").backward(dy, cache, grad_state)
         return [y, *F.backward("unified_norm", dy, cache), *approx[:3], *approx[3], *update_state(state, cache)[1:3]]
 
-    first, second = run_once(), run_once()
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        single = run_once()
-    finally:
-        numba.set_num_threads(previous)
-    for other in (second, single):
-        for a, b in zip(first, other):
-            assert np.array_equal(a, b)
+    assert_bitwise_repeatable(run_once)
 
 
 def test_unified_norm_validation_like_the_reference_and_complex_refused():
@@ -1242,16 +1215,7 @@ def test_rn_b_and_rn_l_deterministic():
         yl = layer.forward(xl)
         return [y, *F.backward("rn_b", dy, cache), yl, layer.backward(dy)]
 
-    first, second = run_once(), run_once()
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        single = run_once()
-    finally:
-        numba.set_num_threads(previous)
-    for other in (second, single):
-        for a, b in zip(first, other):
-            assert np.array_equal(a, b)
+    assert_bitwise_repeatable(run_once)
 
 
 def rn_l_params(rng, k, dtype, biases=True):

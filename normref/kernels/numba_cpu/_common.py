@@ -438,6 +438,13 @@ def given_stats_flat(mean, var, stat_shape: tuple[int, ...]):
     return flat_mean, flat_var
 
 
+def present_gradients(cache, dgamma64: np.ndarray, dbeta64: np.ndarray):
+    """``(dgamma, dbeta)`` cast to ``cache.x``'s dtype, each ``None`` where the cache says the parameter is absent
+    (``cache.has_gamma``, ``cache.has_beta``): for kernels whose parameters are already in the caller's shape."""
+    dtype = cache.x.dtype
+    return (dgamma64.astype(dtype) if cache.has_gamma else None, dbeta64.astype(dtype) if cache.has_beta else None)
+
+
 def parameter_gradients(cache: NumbaNormCache, dgamma64: np.ndarray, dbeta64: np.ndarray):
     """Cast the float64 parameter sums to ``x``'s dtype and the caller's parameter shape; ``None`` if absent."""
     dtype = cache.x.dtype

@@ -79,7 +79,7 @@ from ..._validate import as_array, check_fraction, check_ndim, check_nonempty, c
 from ...ops.group_norm import check_groups
 from ...ops.power_norm import GROUP_SCALING_EPS, position_mask
 from ._common import (LANES, as_kernel_array, chunk_count, dot_sum, kernel_affine, kernel_dy, output_like,
-                      real_affine, real_stats, sum_squares, threads_for)
+                      present_gradients, real_affine, real_stats, sum_squares, threads_for)
 
 
 class NumbaPowerNormCache(NamedTuple):
@@ -263,11 +263,6 @@ def _dy_sums(dy, cache: NumbaPowerNormCache, out):
     return dy3, dx, dyxp, dysum
 
 
-def _param_grads(cache: NumbaPowerNormCache, dgamma, dbeta):
-    dtype = cache.x.dtype
-    return dgamma.astype(dtype) if cache.has_gamma else None, dbeta.astype(dtype) if cache.has_beta else None
-
-
 def power_norm_backward(dy, cache: NumbaPowerNormCache, *, out=None):
     """Exact gradients ``(dx, dgamma, dbeta)``, like :func:`normref.ops.power_norm.power_norm_backward`.
 
@@ -280,7 +275,7 @@ def power_norm_backward(dy, cache: NumbaPowerNormCache, *, out=None):
     lam = cache.gamma * dgamma / cache.count if cache.batch_stats else np.zeros_like(dgamma)
     with threads_for(x3.nbytes):
         dx_kernel(x3, dy3, cache.scale, cache.rstd, cache.rstd, cache.gamma, lam, cache.keep, dx.reshape(x3.shape))
-    return (dx, *_param_grads(cache, dgamma, dysum))
+    return (dx, *present_gradients(cache, dgamma, dysum))
 
 
 def power_norm_backward_approx(dy, cache: NumbaPowerNormCache, ema_gz, *, alpha_bkw=0.9, denominator="batch",
@@ -315,7 +310,7 @@ def power_norm_backward_approx(dy, cache: NumbaPowerNormCache, ema_gz, *, alpha_
     no_mask = np.empty((0, size), x3.dtype)  # the surrogate subtracts ν z at every position
     with threads_for(x3.nbytes):
         dx_kernel(x3, dy3, cache.scale, cache.rstd, rden, cache.gamma, nu, no_mask, dx.reshape(x3.shape))
-    return (dx, *_param_grads(cache, dgamma, dysum), e_new.astype(ema_gz.dtype))
+    return (dx, *present_gradients(cache, dgamma, dysum), e_new.astype(ema_gz.dtype))
 
 
 register("power_norm", "numba", power_norm_forward, power_norm_backward)

@@ -116,7 +116,8 @@ from ..._registry import register
 from ..._validate import check_fraction
 from ...ops.unified_norm import (UnifiedNormState, check_grad_state, gradient_statistic, step_statistic,
                                  unified_norm_args)
-from ._common import LANES, chunk_count, dot_sum, kernel_affine, kernel_dy, output_like, sum_squares, threads_for
+from ._common import (LANES, chunk_count, dot_sum, kernel_affine, kernel_dy, output_like, present_gradients,
+                      sum_squares, threads_for)
 
 
 
@@ -273,11 +274,6 @@ def _dy_sums(dy, cache: NumbaUnifiedNormCache, out):
     return dy2, dx, p, q
 
 
-def _param_grads(cache: NumbaUnifiedNormCache, dgamma, dbeta):
-    dtype = cache.x.dtype
-    return dgamma.astype(dtype) if cache.has_gamma else None, dbeta.astype(dtype) if cache.has_beta else None
-
-
 def unified_norm_backward(dy, cache: NumbaUnifiedNormCache, *, out=None):
     """Exact gradients ``(dx, dgamma, dbeta)``, like :func:`normref.ops.unified_norm.unified_norm_backward`.
 
@@ -290,7 +286,7 @@ def unified_norm_backward(dy, cache: NumbaUnifiedNormCache, *, out=None):
     b = cache.stat_weight * gamma * rstd ** 3 * p / cache.count
     with threads_for(x2.nbytes):
         dx_kernel(x2, dy2, rstd.size, a, b, cache.keep, dx.reshape(x2.shape))
-    return (dx, *_param_grads(cache, rstd * p, q))
+    return (dx, *present_gradients(cache, rstd * p, q))
 
 
 def unified_norm_backward_approx(dy, cache: NumbaUnifiedNormCache, grad_state, *, momentum=0.9, out=None):
@@ -323,7 +319,7 @@ def unified_norm_backward_approx(dy, cache: NumbaUnifiedNormCache, grad_state, *
     no_mask = np.empty((0, x2.shape[1]), x2.dtype)  # the rule subtracts s z at every position
     with threads_for(x2.nbytes):
         dx_kernel(x2, dy2, channels, a, b, no_mask, dx.reshape(x2.shape))
-    return (dx, *_param_grads(cache, rz * p, q), new_state)
+    return (dx, *present_gradients(cache, rz * p, q), new_state)
 
 
 register("unified_norm", "numba", unified_norm_forward, unified_norm_backward)
