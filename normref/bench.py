@@ -37,14 +37,42 @@ What is timed, and how
 
 PyTorch CPU (``torch.nn.functional``, its own thread pool) is timed when ``torch`` is importable; it is imported
 only here, never by the package. The CUDA column appears when the ``"cuda"`` backend loads on a real GPU.
+
+Layers
+------
+:data:`LAYERS` are the five standard layers (``normref bench``); :data:`SEED_LAYERS` are the other layers with a
+``"numba"`` kernel (``normref bench --seed``; ``--layer NAME`` picks from both lists). A :class:`BenchLayer` makes
+its op's arguments for a shape (:class:`BenchArgs`: parameters, hyperparameters, and the state a surrogate backward
+takes), as its :mod:`normref.nn` layer passes them in a training step:
+
+* **PowerNorm**, **UnifiedNorm** run past their warmups, the steady state of most of training (PowerNorm divides by
+  its running statistic; Unified Norm smooths over its window and compensates the gradient). ``(approx)`` is the same
+  forward followed by the paper's surrogate backward with its state (``ema_gz``; the gradient windows), called as
+  the layer calls it: ``get_impl("power_norm_approx", cache.backend).backward(dy, cache, ema_gz)``.
+* **RegionNormB** also reads its ``(N, 1, H, W)`` float32 mask (a hole per sample), ``1/C`` of ``x``'s bytes, in
+  the forward and again in the backward: its floor is ``2 + 1/C`` and ``5 + 2/C`` passes (named in its heading).
+  Every other layer's floor is 2 and 5 passes: what else it reads or keeps (parameters, statistics per channel or
+  group, PowerNorm's per-position GroupScaling factor) is at most ``1/C`` of ``x`` and not counted.
+* Columns: a backend without the op has no column (the seed layers have no ``"numba-fast"`` or CUDA kernels). The
+  ``PyTorch`` column shows ``-`` where PyTorch has no such layer, which is every seed layer but **DyT**, timed as
+  the three PyTorch ops it is, ``γ·tanh(αx) + β``; ``out=`` shows ``-`` for BatchChannelNorm, whose forward (a
+  BatchNorm kernel, then a GroupNorm kernel) takes no ``out=``.
+* Not benched. Weight standardization normalizes a conv *weight* once per step (256·256·3·3 float32 = 2.25 MiB),
+  which stays in the last-level cache, so a DRAM floor is not its yardstick and no ≥ 32 MiB weight is realistic.
+  RN-L computes its response map (``mean_c``, ``max_c`` of ``x`` and three 7×7 convolutions) with the NumPy
+  reference on every backend: at ``(32, 64, 32, 32)`` float32 its Numba forward+backward took 88 ms against RN-B's
+  16 ms (one measurement, load ≈ 1), so its time would measure NumPy's convolutions, not the kernel.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 import os
 import time
+from typing import Callable, NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -58,9 +86,25 @@ TRIAD = "triad"
 TRIAD_MIB = 128  # per array: four times the last-level cache of the machine this was written on
 
 
+class BenchArgs(NamedTuple):
+    """What a layer's op takes besides ``x`` (forward) and ``dy`` (backward)."""
+
+    params: list  # positional, after x, in the op's order
+    hyper: dict  # the forward's keyword arguments
+    state: tuple = ()  # positional arguments of the backward after the cache: a surrogate rule's state
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchLayer:
-    """One layer to benchmark: its op, how to make parameters and hyperparameters for a shape, and its shapes."""
+    """One layer to benchmark: its op, how to make its arguments for a shape, its shapes, its PyTorch peer.
+
+    ``make_args(shape, rng, dtype) -> BenchArgs``: the parameters and hyperparameters for ``x`` of ``shape`` (drawn
+    after ``x`` and ``dy``); ``None``: ``gamma`` (and ``beta`` if ``has_beta``) of :meth:`param_shape` and ``hyper``,
+    with ``normalized_shape`` set to the last axis. ``torch_fn(torch, x, params, hyper)``: the same function in
+    PyTorch on tensors, for the ``PyTorch`` column (``None``: ``-``). ``passes(shape) -> {FWD: p, FWD_BWD: p}``:
+    the floor's passes over ``x``'s bytes when the layer must move more than ``x``, ``y``, ``dy``, ``dx`` (``None``:
+    :data:`PASSES`).
+    """
 
     name: str
     op: str
@@ -68,22 +112,164 @@ class BenchLayer:
     quick_shapes: tuple
     hyper: dict
     has_beta: bool = True
+    make_args: Callable | None = None
+    torch_fn: Callable | None = None
+    passes: Callable | None = None
 
     def param_shape(self, shape):
         return (shape[-1],) if self.op in ("layer_norm", "rms_norm") else (shape[1],)
 
+    def args(self, shape, rng, dtype=np.float32) -> BenchArgs:
+        if self.make_args is not None:
+            return self.make_args(shape, rng, dtype)
+        p = self.param_shape(shape)
+        params = [rng.standard_normal(p, dtype=dtype)]
+        if self.has_beta:
+            params.append(rng.standard_normal(p, dtype=dtype))
+        hyper = dict(self.hyper)
+        if "normalized_shape" in hyper:
+            hyper["normalized_shape"] = shape[-1]
+        return BenchArgs(params, hyper)
+
+    def floor_passes(self, shape) -> dict:
+        return PASSES if self.passes is None else self.passes(shape)
+
+
+# The PyTorch peers of the five standard layers (torch.nn.functional, eps as normref's default).
+def _torch_layer_norm(torch, x, ps, hyper):
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), ps[0], ps[1], eps=1e-5)
+
+
+def _torch_rms_norm(torch, x, ps, hyper):
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), ps[0], eps=None)
+
+
+def _torch_batch_norm(torch, x, ps, hyper):
+    return torch.nn.functional.batch_norm(x, None, None, ps[0], ps[1], training=True, eps=1e-5)
+
+
+def _torch_group_norm(torch, x, ps, hyper):
+    return torch.nn.functional.group_norm(x, hyper["num_groups"], ps[0], ps[1], eps=1e-5)
+
+
+def _torch_instance_norm(torch, x, ps, hyper):
+    return torch.nn.functional.instance_norm(x, None, None, ps[0], ps[1], use_input_stats=True, eps=1e-5)
+
+
+_ROWS = ((64, 256), (1024, 1024), (8192, 1024))  # (tokens, features): 64 KiB, 4 MiB, 32 MiB
+_IMAGES = ((8, 16, 8, 8), (32, 64, 16, 16), (32, 64, 64, 64))  # (N, C, H, W): 32 KiB, 2 MiB, 32 MiB
+_SEQUENCES = ((8, 64, 32), (16, 256, 128), (32, 512, 512))  # (B, C, T), channel axis 1: 64 KiB, 2 MiB, 32 MiB
 
 LAYERS = [
-    BenchLayer("LayerNorm", "layer_norm", ((64, 256), (1024, 1024), (8192, 1024)), ((8, 64),),
-               {"normalized_shape": None}),
-    BenchLayer("RMSNorm", "rms_norm", ((64, 256), (1024, 1024), (8192, 1024)), ((8, 64),),
-               {"normalized_shape": None}, has_beta=False),
-    BenchLayer("BatchNorm", "batch_norm", ((8, 16, 8, 8), (32, 64, 16, 16), (32, 64, 64, 64)), ((4, 3, 5, 5),),
-               {}),
-    BenchLayer("GroupNorm", "group_norm", ((8, 16, 8, 8), (32, 64, 16, 16), (32, 64, 64, 64)), ((4, 8, 5, 5),),
-               {"num_groups": 8}),
-    BenchLayer("InstanceNorm", "instance_norm", ((8, 16, 8, 8), (32, 64, 16, 16), (32, 64, 64, 64)),
-               ((4, 3, 5, 5),), {}),
+    BenchLayer("LayerNorm", "layer_norm", _ROWS, ((8, 64),), {"normalized_shape": None},
+               torch_fn=_torch_layer_norm),
+    BenchLayer("RMSNorm", "rms_norm", _ROWS, ((8, 64),), {"normalized_shape": None}, has_beta=False,
+               torch_fn=_torch_rms_norm),
+    BenchLayer("BatchNorm", "batch_norm", _IMAGES, ((4, 3, 5, 5),), {}, torch_fn=_torch_batch_norm),
+    BenchLayer("GroupNorm", "group_norm", _IMAGES, ((4, 8, 5, 5),), {"num_groups": 8}, torch_fn=_torch_group_norm),
+    BenchLayer("InstanceNorm", "instance_norm", _IMAGES, ((4, 3, 5, 5),), {}, torch_fn=_torch_instance_norm),
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The seed layers: arguments as their layers (normref.nn) pass them in a training step
+
+
+def _channel_params(shape, rng, dtype, count=2):
+    """``count`` random ``(C,)`` parameters, ``C = shape[1]``."""
+    return [rng.standard_normal(shape[1], dtype=dtype) for _ in range(count)]
+
+
+def _power_norm_args(shape, rng, dtype, surrogate=False):
+    """PowerNorm after its warmup (most of training): the forward divides by the running ``phi`` (GroupScaling
+    makes the quadratic mean of ``x'`` about 1); the surrogate backward's state is ``ema_gz``."""
+    phi = rng.uniform(0.8, 1.2, shape[1]).astype(dtype)
+    ema_gz = 1e-3 * rng.standard_normal(shape[1]).astype(dtype)
+    return BenchArgs(_channel_params(shape, rng, dtype), {"stats": (None, phi)}, (ema_gz,) if surrogate else ())
+
+
+def _unified_norm_args(shape, rng, dtype, surrogate=False, window=4):
+    """Unified Norm's default windows (4, 4) past warmup (4000 steps) and the compensation floor (1000): the
+    forward smooths the statistic over its window; the surrogate backward compensates and uses its window."""
+    from .ops.unified_norm import UnifiedNormGradState, UnifiedNormState
+
+    channels = shape[1]
+    q = 10.0  # E[x^2] of the bench's x ~ N(1, 3^2)
+    state = UnifiedNormState(iters=5000, running_var=np.full(channels, q, dtype),
+                             buffer_x2=(q * rng.uniform(0.9, 1.1, (window, channels))).astype(dtype), skip_counter=0)
+    grad_state = UnifiedNormGradState(1e-3 * rng.standard_normal(channels).astype(dtype),
+                                      1e-3 * rng.standard_normal((window, channels)).astype(dtype))
+    return BenchArgs(_channel_params(shape, rng, dtype), {"state": state}, (grad_state,) if surrogate else ())
+
+
+def _hole_mask(shape, rng, dtype):
+    """An inpainting hole per sample: a random rectangle of half the height and width, ``(N, 1, H, W)``, 1 = hole."""
+    batch, _, height, width = shape
+    mask = np.zeros((batch, 1, height, width), dtype)
+    for n in range(batch):
+        top, left = rng.integers(0, height - height // 2 + 1), rng.integers(0, width - width // 2 + 1)
+        mask[n, 0, top:top + height // 2, left:left + width // 2] = 1
+    return mask
+
+
+def _rn_b_args(shape, rng, dtype):
+    """RN-B with the code's global bias: ``gamma_f, beta_f, gamma_b, beta_b`` and a hole mask."""
+    return BenchArgs(_channel_params(shape, rng, dtype, 4), {"mask": _hole_mask(shape, rng, dtype)})
+
+
+def _mask_passes(shape):
+    """RN-B reads its ``(N, 1, H, W)`` mask, ``1/C`` of ``x``'s bytes, in the forward and again in the backward."""
+    return {FWD: 2 + 1 / shape[1], FWD_BWD: 5 + 2 / shape[1]}
+
+
+def _alpha_batch_norm_args(shape, rng, dtype):
+    """Test-time BN (α-BN) with the source model's running statistics and ``w_test = 0.1``."""
+    source = (rng.standard_normal(shape[1]).astype(dtype), rng.uniform(0.5, 2.0, shape[1]).astype(dtype))
+    return BenchArgs(_channel_params(shape, rng, dtype), {"source_stats": source, "w_test": 0.1})
+
+
+def _dyt_args(shape, rng, dtype):
+    """DyT on tokens ``(..., C)`` (channels last, as it replaces LayerNorm): ``alpha (1,)`` (0.5, the default
+    init), ``gamma``, ``beta`` ``(C,)``."""
+    channels = shape[-1]
+    return BenchArgs([np.full(1, 0.5, dtype), rng.standard_normal(channels, dtype=dtype),
+                      rng.standard_normal(channels, dtype=dtype)], {"channels_last": True})
+
+
+def _torch_dyt(torch, x, ps, hyper):
+    """DyT is not a PyTorch layer, but it is three PyTorch ops: ``γ·tanh(αx) + β``."""
+    return torch.tanh(ps[0] * x) * ps[1] + ps[2]
+
+
+def _evonorm_args(shape, rng, dtype, **hyper):
+    """``gamma``, ``beta``, ``v`` ``(C,)``."""
+    return BenchArgs(_channel_params(shape, rng, dtype, 3), hyper)
+
+
+def _batch_channel_norm_args(shape, rng, dtype, groups=8):
+    """The BN stage's ``gamma, beta (C,)``, the GN stage's ``group_gamma, group_beta (G,)``."""
+    params = _channel_params(shape, rng, dtype) + [rng.standard_normal(groups, dtype=dtype) for _ in range(2)]
+    return BenchArgs(params, {"num_groups": groups})
+
+
+# The layers with a "numba" kernel besides the standard five (none has a PyTorch layer; DyT is three PyTorch ops).
+# Left out: weight standardization (it normalizes a conv weight, e.g. 256x256x3x3 = 2.25 MiB, once per step: it
+# lives in the last-level cache, so a DRAM floor is not its yardstick); RN-L (see the module docstring).
+SEED_LAYERS = [
+    BenchLayer("PowerNorm", "power_norm", _SEQUENCES, ((4, 8, 5),), {}, make_args=_power_norm_args),
+    BenchLayer("PowerNorm (approx)", "power_norm_approx", _SEQUENCES, ((4, 8, 5),), {},
+               make_args=functools.partial(_power_norm_args, surrogate=True)),
+    BenchLayer("UnifiedNorm", "unified_norm", _SEQUENCES, ((4, 8, 5),), {}, make_args=_unified_norm_args),
+    BenchLayer("UnifiedNorm (approx)", "unified_norm_approx", _SEQUENCES, ((4, 8, 5),), {},
+               make_args=functools.partial(_unified_norm_args, surrogate=True)),
+    BenchLayer("RegionNormB", "rn_b", _IMAGES, ((4, 3, 6, 6),), {}, make_args=_rn_b_args, passes=_mask_passes),
+    BenchLayer("AlphaBatchNorm", "alpha_batch_norm", _IMAGES, ((4, 3, 5, 5),), {}, make_args=_alpha_batch_norm_args),
+    BenchLayer("DyT", "dyt", _ROWS, ((8, 64),), {}, make_args=_dyt_args, torch_fn=_torch_dyt),
+    BenchLayer("EvoNormB0", "evonorm_b0", _IMAGES, ((4, 3, 5, 5),), {}, make_args=_evonorm_args),
+    BenchLayer("EvoNormS0", "evonorm_s0", _IMAGES, ((4, 8, 5, 5),), {},
+               make_args=functools.partial(_evonorm_args, num_groups=8)),
+    BenchLayer("BatchChannelNorm", "batch_channel_norm", _IMAGES, ((4, 8, 5, 5),), {},
+               make_args=_batch_channel_norm_args),
 ]
 
 
@@ -153,24 +339,20 @@ def first_touch_ms(mib: int = 32, reps: int = 5) -> float:
 def _inputs(layer: BenchLayer, shape, rng):
     x = rng.standard_normal(shape, dtype=np.float32) * 3 + 1
     dy = rng.standard_normal(shape, dtype=np.float32)
-    p = layer.param_shape(shape)
-    params = [rng.standard_normal(p, dtype=np.float32)]
-    if layer.has_beta:
-        params.append(rng.standard_normal(p, dtype=np.float32))
-    hyper = dict(layer.hyper)
-    if "normalized_shape" in hyper:
-        hyper["normalized_shape"] = shape[-1]
-    return x, dy, params, hyper
+    return x, dy, layer.args(shape, rng)
 
 
-def _normref_runner(layer, backend, x, dy, params, hyper, which):
-    """The public entry points, as a layer calls them: outputs allocated on every call."""
+def _normref_runner(layer, backend, x, dy, args, which):
+    """The public entry points, as a layer calls them: outputs allocated on every call. A surrogate backward (with
+    state) is looked up for the cache's backend and given its state, as :class:`normref.nn.PowerNorm` does."""
     def fwd():
-        return F.forward(layer.op, x, *params, backend=backend, **hyper)
+        return F.forward(layer.op, x, *args.params, backend=backend, **args.hyper)
 
     def fwd_bwd():
-        _, cache = F.forward(layer.op, x, *params, backend=backend, **hyper)
-        return F.backward(layer.op, dy, cache)
+        _, cache = F.forward(layer.op, x, *args.params, backend=backend, **args.hyper)
+        if not args.state:
+            return F.backward(layer.op, dy, cache)
+        return get_impl(layer.op, cache.backend).backward(dy, cache, *args.state)
 
     return fwd if which == FWD else fwd_bwd
 
@@ -180,17 +362,22 @@ COLUMN_BACKENDS = {"NumPy": "numpy", "Numba": "numba", "Numba out=": "numba", "N
                    "Numba fast out=": "numba-fast", "CUDA": "cuda", "PyTorch": None}
 
 
-def _numba_out_runner(layer, x, dy, params, hyper, which, backend="numba"):
+def takes_out(op: str, backend: str) -> bool:
+    """Whether ``op``'s forward on ``backend`` accepts ``out=`` (its backward then does too)."""
+    return "out" in inspect.signature(get_impl(op, backend).forward).parameters
+
+
+def _numba_out_runner(layer, x, dy, args, which, backend="numba"):
     """A Numba backend's ops with preallocated outputs (``out=``): ``y`` and ``dx`` are written in place."""
     impl = get_impl(layer.op, backend)
     y, dx = np.empty_like(x), np.empty_like(x)
 
     def fwd():
-        return impl.forward(x, *params, out=y, **hyper)
+        return impl.forward(x, *args.params, out=y, **args.hyper)
 
     def fwd_bwd():
-        _, cache = impl.forward(x, *params, out=y, **hyper)
-        return impl.backward(dy, cache, out=dx)
+        _, cache = impl.forward(x, *args.params, out=y, **args.hyper)
+        return impl.backward(dy, cache, *args.state, out=dx)
 
     return fwd if which == FWD else fwd_bwd
 
@@ -204,30 +391,18 @@ def torch_module():
     return torch
 
 
-def _torch_runner(torch, layer, x, dy, params, hyper, which):
-    tf = torch.nn.functional
+def _torch_runner(torch, layer, x, dy, args, which):
     tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
-    tparams = [torch.from_numpy(p) for p in params]
-
-    def call(xt, ps):
-        if layer.op == "layer_norm":
-            return tf.layer_norm(xt, (x.shape[-1],), ps[0], ps[1], eps=1e-5)
-        if layer.op == "rms_norm":
-            return tf.rms_norm(xt, (x.shape[-1],), ps[0], eps=None)
-        if layer.op == "batch_norm":
-            return tf.batch_norm(xt, None, None, ps[0], ps[1], training=True, eps=1e-5)
-        if layer.op == "group_norm":
-            return tf.group_norm(xt, hyper["num_groups"], ps[0], ps[1], eps=1e-5)
-        return tf.instance_norm(xt, None, None, ps[0], ps[1], use_input_stats=True, eps=1e-5)
+    tparams = [torch.from_numpy(p) for p in args.params]
 
     def fwd():
         with torch.no_grad():
-            return call(tx, tparams)
+            return layer.torch_fn(torch, tx, tparams, args.hyper)
 
     leaves = [tx.detach().requires_grad_()] + [p.detach().requires_grad_() for p in tparams]
 
     def fwd_bwd():
-        y = call(leaves[0], leaves[1:])
+        y = layer.torch_fn(torch, leaves[0], leaves[1:], args.hyper)
         return torch.autograd.grad(y, leaves, tdy)
 
     return fwd if which == FWD else fwd_bwd
@@ -252,6 +427,7 @@ class Row:
     nbytes: int
     times: dict
     triad_bytes: int = 0  # bytes one triad call moves
+    passes: float | None = None  # the floor's passes over x's bytes; None: PASSES[which]
 
     def median_ms(self, column):
         return 1e3 * float(np.median(self.times[column])) if column in self.times else math.nan
@@ -261,7 +437,8 @@ class Row:
         return self.triad_bytes / float(np.median(self.times[TRIAD]))
 
     def floor_ms(self) -> float:
-        return 1e3 * PASSES[self.which] * self.nbytes / self.bandwidth()
+        passes = PASSES[self.which] if self.passes is None else self.passes
+        return 1e3 * passes * self.nbytes / self.bandwidth()
 
     def noise(self):
         """The largest IQR/median over the row's columns."""
@@ -274,9 +451,9 @@ class Row:
 
 def cold_start(layer: BenchLayer, rng, backend: str = "numba") -> float:
     """Seconds for the first forward+backward of ``layer`` on ``backend`` in this process (compile or cache load)."""
-    x, dy, params, hyper = _inputs(layer, layer.quick_shapes[0], rng)
+    x, dy, args = _inputs(layer, layer.quick_shapes[0], rng)
     start = time.perf_counter()
-    _normref_runner(layer, backend, x, dy, params, hyper, FWD_BWD)()
+    _normref_runner(layer, backend, x, dy, args, FWD_BWD)()
     return time.perf_counter() - start
 
 
@@ -284,21 +461,26 @@ def measure(layer: BenchLayer, shape, rng, *, columns, rounds: int = 3, reps_per
             triad_mib: int = TRIAD_MIB) -> list[Row]:
     """Time every column of ``columns`` and the triad for both passes, in rounds (see the module docstring).
 
-    ``columns`` names keys of :data:`COLUMN_BACKENDS` (``"NumPy"``, ``"Numba"``, ``"Numba out="``, ...).
+    ``columns`` names keys of :data:`COLUMN_BACKENDS` (``"NumPy"``, ``"Numba"``, ``"Numba out="``, ...). A column
+    the layer cannot run is not timed (its cells print ``-``): ``PyTorch`` without a PyTorch peer, ``out=`` for an
+    op without ``out=``.
     """
-    x, dy, params, hyper = _inputs(layer, shape, rng)
+    x, dy, args = _inputs(layer, shape, rng)
     torch = torch_module() if "PyTorch" in columns else None
+    columns = [c for c in columns if (layer.torch_fn is not None if c == "PyTorch" else
+                                      not c.endswith("out=") or takes_out(layer.op, COLUMN_BACKENDS[c]))]
+    passes = layer.floor_passes(shape)
     (a, b, c), triad_bytes = triad_arrays(triad_mib)
     rows = []
     for which in (FWD, FWD_BWD):
         runners = {TRIAD: lambda: triad(a, b, c, 3.0)}
         for column in columns:
             if column == "PyTorch":
-                runners[column] = _torch_runner(torch, layer, x, dy, params, hyper, which)
+                runners[column] = _torch_runner(torch, layer, x, dy, args, which)
             elif column.endswith("out="):
-                runners[column] = _numba_out_runner(layer, x, dy, params, hyper, which, COLUMN_BACKENDS[column])
+                runners[column] = _numba_out_runner(layer, x, dy, args, which, COLUMN_BACKENDS[column])
             else:
-                runners[column] = _normref_runner(layer, COLUMN_BACKENDS[column], x, dy, params, hyper, which)
+                runners[column] = _normref_runner(layer, COLUMN_BACKENDS[column], x, dy, args, which)
         times = {column: [] for column in runners}
         for _ in range(rounds):
             for column, run in runners.items():
@@ -307,7 +489,8 @@ def measure(layer: BenchLayer, shape, rng, *, columns, rounds: int = 3, reps_per
                     start = time.perf_counter()
                     run()
                     times[column].append(time.perf_counter() - start)
-        rows.append(Row(layer.name, tuple(shape), which, x.nbytes, times, triad_bytes))
+        extra = None if passes is PASSES else passes[which]
+        rows.append(Row(layer.name, tuple(shape), which, x.nbytes, times, triad_bytes, extra))
     return rows
 
 
@@ -316,12 +499,23 @@ def _fmt_ms(value):
                                        f"{value:.1f}")
 
 
+def _share(part, whole):
+    """``part / whole`` as a percentage; ``-`` when a column was not timed."""
+    return "-" if part != part or whole != whole else f"{part / whole:.0%}"
+
+
+def _times(slower, faster):
+    """``slower / faster`` as a factor; ``-`` when a column was not timed."""
+    return "-" if slower != slower or faster != faster else f"{slower / faster:.1f}x"
+
+
 def format_table(rows: list[Row], columns) -> str:
     """One block per layer and shape: a line per pass with the medians, the row's floor, and the ratios.
 
     ``%floor`` = floor / ``Numba out=`` (preallocated, like the triad); ``%floor fast`` = floor / ``Numba fast
     out=``; ``%floor(alloc)`` = floor / ``Numba``; ``xNumPy`` and ``xPyTorch`` = their time / ``Numba`` (all three
-    allocate their outputs).
+    allocate their outputs). A column that was not timed prints ``-``; a floor of other than 2 and 5 passes is
+    named in the block's heading.
     """
     head = ["pass"] + [f"{c} ms" for c in columns] + ["floor ms"]
     if "Numba out=" in columns:
@@ -338,19 +532,21 @@ def format_table(rows: list[Row], columns) -> str:
         first = rows[i]
         mib = first.nbytes / 2**20
         lines.append(f"{first.layer}  x={first.shape} float32, {mib:.3g} MiB; row triad "
-                     f"{first.bandwidth() / 1e9:.1f} / {rows[i + 1].bandwidth() / 1e9:.1f} GB/s (fwd / fwd+bwd)")
+                     f"{first.bandwidth() / 1e9:.1f} / {rows[i + 1].bandwidth() / 1e9:.1f} GB/s (fwd / fwd+bwd)"
+                     + ("" if first.passes is None else
+                        f"; floor {first.passes:.3g} / {rows[i + 1].passes:.3g} passes of x"))
         lines.append("  ".join(h.rjust(w) if j else h.ljust(w) for j, (h, w) in enumerate(zip(head, widths))))
         for row in rows[i:i + 2]:
             floor = row.floor_ms()
             numba_ms = row.median_ms("Numba")
             cells = [row.which] + [_fmt_ms(row.median_ms(c)) for c in columns] + [_fmt_ms(floor)]
             if "Numba out=" in columns:
-                cells.append(f"{floor / row.median_ms('Numba out='):.0%}")
+                cells.append(_share(floor, row.median_ms("Numba out=")))
             if "Numba fast out=" in columns:
-                cells.append(f"{floor / row.median_ms('Numba fast out='):.0%}")
-            cells += [f"{floor / numba_ms:.0%}", f"{row.median_ms('NumPy') / numba_ms:.1f}x"]
+                cells.append(_share(floor, row.median_ms("Numba fast out=")))
+            cells += [_share(floor, numba_ms), _times(row.median_ms("NumPy"), numba_ms)]
             if "PyTorch" in columns:
-                cells.append(f"{row.median_ms('PyTorch') / numba_ms:.1f}x")
+                cells.append(_times(row.median_ms("PyTorch"), numba_ms))
             cells.append(f"{row.noise():.0%}")
             lines.append("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths))))
         lines.append("")
@@ -364,13 +560,23 @@ def _load() -> str:
         return "load average unknown"
 
 
-def run_bench(*, layers=None, quick=False, largest=False, rounds=None, reps_per_round=None,
+def choose_layers(layers=None, seed=False) -> list[BenchLayer]:
+    """The layers named in ``layers`` (case-insensitive, from :data:`LAYERS` and :data:`SEED_LAYERS`), plus every
+    seed layer if ``seed``; neither: the five standard layers."""
+    if not layers and not seed:
+        return list(LAYERS)
+    wanted = {n.lower() for n in layers or []}
+    return ([l for l in LAYERS if l.name.lower() in wanted]
+            + [l for l in SEED_LAYERS if seed or l.name.lower() in wanted])
+
+
+def run_bench(*, layers=None, seed=False, quick=False, largest=False, rounds=None, reps_per_round=None,
               print_fn=print) -> list[Row]:
-    """Measure and print everything; returns the rows. ``layers``: names to keep (default all); ``largest``: only
-    each layer's largest shape."""
+    """Measure and print everything; returns the rows. ``layers``, ``seed``: see :func:`choose_layers`;
+    ``largest``: only each layer's largest shape."""
     import numba
 
-    chosen = [l for l in LAYERS if layers is None or l.name.lower() in {n.lower() for n in layers}]
+    chosen = choose_layers(layers, seed)
     rounds = rounds if rounds is not None else (1 if quick else 3)
     reps_per_round = reps_per_round if reps_per_round is not None else (2 if quick else 3)
     triad_mib = 8 if quick else TRIAD_MIB
@@ -406,9 +612,11 @@ def run_bench(*, layers=None, quick=False, largest=False, rounds=None, reps_per_
 
     numba_backends = [COLUMN_BACKENDS[c] for c in ("Numba", "Numba fast") if c in columns]
     for backend in numba_backends:
-        cold = [(layer.name, cold_start(layer, rng, backend)) for layer in chosen]
-        print_fn(f"cold start, first {backend!r} fwd+bwd in this process (compile, or load from the on-disk cache): "
-                 + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in cold))
+        cold = [(layer.name, cold_start(layer, rng, backend)) for layer in chosen
+                if backend in available_op_backends(layer.op)]
+        if cold:
+            print_fn(f"cold start, first {backend!r} fwd+bwd in this process (compile, or load from the on-disk "
+                     "cache): " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in cold))
     print_fn("")
 
     rows = []

@@ -375,6 +375,63 @@ def test_bench_quick_smoke():
     assert "Numba fast ms" in text and "%floor fast" in text
 
 
+def _bench_blocks(text):
+    """``{layer name: [its two pass lines split into cells]}`` of a `normref bench` printout."""
+    blocks, lines = {}, text.splitlines()
+    for i, line in enumerate(lines):
+        if "  x=(" in line:
+            blocks[line.split("  x=(")[0]] = [lines[i + 1].split("  ")] + [lines[i + k].split() for k in (2, 3)]
+    return blocks
+
+
+def test_bench_seed_quick_smoke():
+    """`normref bench --seed --quick` runs every seed layer and only those; PyTorch is `-` where it has no peer."""
+    from normref.bench import SEED_LAYERS
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["bench", "--seed", "--quick"])
+    text = out.getvalue()
+    assert status == 0
+    blocks = _bench_blocks(text)
+    assert sorted(blocks) == sorted(layer.name for layer in SEED_LAYERS)
+    assert "PowerNorm (approx)" in blocks and "UnifiedNorm (approx)" in blocks
+    assert "floor 2.33 / 5.67 passes of x" in text  # RN-B's mask, 1/C of x with C = 3, read once per pass
+    for name, (_, fwd, fwd_bwd) in blocks.items():
+        assert fwd[0] == "fwd" and fwd_bwd[0] == "fwd+bwd"
+        if "xPyTorch" in text:
+            has_peer = name == "DyT"
+            assert (fwd_bwd[-2] != "-") == has_peer, (name, fwd_bwd)  # the xPyTorch cell
+
+
+def test_bench_seed_runners_agree_with_numpy():
+    """Each seed layer's timed fwd+bwd (a surrogate with its state) gives the same dx on "numba" as on "numpy"."""
+    from normref import bench
+
+    rng = np.random.default_rng(1)
+    for layer in bench.SEED_LAYERS:
+        x, dy, args = bench._inputs(layer, layer.quick_shapes[0], rng)
+        got, want = (bench._normref_runner(layer, backend, x, dy, args, bench.FWD_BWD)()
+                     for backend in ("numba", "numpy"))
+        assert len(got) == len(want) == 1 + len(args.params) + bool(args.state)  # dx, one per param, new state
+        assert norm_rel_error(got[0], want[0]) <= 1e-5, layer.name
+
+
+def test_bench_layer_dyt_quick_smoke():
+    """`normref bench --layer DyT --quick` runs DyT alone, with PyTorch timed as its three ops."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["bench", "--layer", "DyT", "--quick"])
+    text = out.getvalue()
+    assert status == 0
+    blocks = _bench_blocks(text)
+    assert list(blocks) == ["DyT"]
+    if "PyTorch ms" in text:
+        head, fwd, fwd_bwd = blocks["DyT"]
+        column = [h.strip() for h in head if h.strip()].index("PyTorch ms")
+        assert float(fwd[column]) > 0 and float(fwd_bwd[column]) > 0
+
+
 def test_bitwise_repeatability_check_can_fail():
     """The repeatability helper the kernel tests share raises on a run that changes, or that changes its arity."""
     rng = np.random.default_rng(0)
