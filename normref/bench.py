@@ -55,8 +55,8 @@ takes), as its :mod:`normref.nn` layer passes them in a training step:
   group, PowerNorm's per-position GroupScaling factor) is at most ``1/C`` of ``x`` and not counted.
 * Columns: a backend without the op has no column (the seed layers have no ``"numba-fast"`` or CUDA kernels). The
   ``PyTorch`` column shows ``-`` where PyTorch has no such layer, which is every seed layer but **DyT**, timed as
-  the three PyTorch ops it is, ``γ·tanh(αx) + β``; ``out=`` shows ``-`` for BatchChannelNorm, whose forward (a
-  BatchNorm kernel, then a GroupNorm kernel) takes no ``out=``.
+  the three PyTorch ops it is, ``γ·tanh(αx) + β``. Every seed layer's ``"numba"`` op takes ``out=`` (found by
+  :func:`takes_out`), so every ``out=`` column is timed.
 * Not benched. Weight standardization normalizes a conv *weight* once per step (256·256·3·3 float32 = 2.25 MiB),
   which stays in the last-level cache, so a DRAM floor is not its yardstick and no ≥ 32 MiB weight is realistic.
   RN-L computes its response map (``mean_c``, ``max_c`` of ``x`` and three 7×7 convolutions) with the NumPy

@@ -1,7 +1,7 @@
-"""Seed layers on the "numba" backend against the NumPy reference: BCN, EvoNorm-B0/S0, (scaled) WS, PowerNorm.
+"""Seed layers on the "numba" backend against the NumPy reference: BCN, EvoNorm-B0/S0, (scaled) WS, PowerNorm,
+DyT, test-time BN, Unified Norm, Region Norm.
 
-BCN on "numba" is the BatchNorm and GroupNorm kernels composed (normref/kernels/numba_cpu/batch_channel_norm.py); the
-others have their own kernels (evonorm.py, weight_standardization.py, power_norm.py there).
+Each has its own kernel module in normref/kernels/numba_cpu/ (BCN fuses its BatchNorm and GroupNorm stages).
 Agreement is the norm-relative error max|a-b|/max|b| of y and every gradient: <= 1e-12 in float64, <= 1e-5 in float32
 (the same tolerances, and reasons, as tests/test_backend_numba.py). The gradient checker runs on the seed specs.
 """
@@ -1309,3 +1309,116 @@ def test_rn_registered_on_numba():
 def test_rn_gradcheck_on_numba(spec, mode, affine):
     report = check(spec, mode=mode, affine=affine, backend="numba")
     assert report.passed, "\n" + report.table()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BCN on "numba": the fused kernels (out=, far from zero, bitwise repeatable, bitwise equal to the composition)
+
+
+def bcn_inputs(rng, shape, groups, dtype, loc=7.0, scale=4.0):
+    c = shape[1]
+    x = (loc + scale * rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    params = [rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype),
+              rng.standard_normal(groups).astype(dtype), rng.standard_normal(groups).astype(dtype)]
+    return x, dy, params
+
+
+def test_bcn_out_and_nothing_mutated():
+    """``out=`` receives y and dx (the same values as fresh arrays); x, dy and the parameters are not modified; an
+    ``out`` overlapping an input, or of the wrong dtype, is refused."""
+    impl = get_impl("batch_channel_norm", "numba")
+    x, dy, params = bcn_inputs(np.random.default_rng(31), (3, 6, 5, 4), 3, np.float64)
+    before = [np.copy(a) for a in (x, dy, *params)]
+    y, cache = impl.forward(x, *params, num_groups=3)
+    grads = impl.backward(dy, cache)
+    buffer, dx_buffer = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    y_out, cache_out = impl.forward(x, *params, num_groups=3, out=buffer)
+    grads_out = impl.backward(dy, cache_out, out=dx_buffer)
+    assert y_out is buffer and np.array_equal(buffer, y)
+    assert grads_out[0] is dx_buffer
+    for a, b in zip(grads, grads_out):
+        assert np.array_equal(a, b)
+    for a, b in zip(before, (x, dy, *params)):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="overlap"):
+        impl.forward(x, *params, num_groups=3, out=x)
+    with pytest.raises(ValueError, match="overlap"):
+        impl.backward(dy, cache, out=dy)
+    with pytest.raises(ValueError, match="dtype"):
+        impl.forward(x, *params, num_groups=3, out=np.empty_like(x, np.float32))
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_bcn_float32_far_from_zero_agrees_with_numpy(given):
+    """x = 1000 + 0.01·N(0, 1) in float32: within 1e-5 of the float32 reference (both round the BN mean to float32
+    before ``x - m``; a fusion that expanded ``(x - m)·s`` or ``Σ dy₁·(x - m)`` would cancel here)."""
+    rng = np.random.default_rng(32)
+    shape, groups = (4, 6, 9, 7), 3
+    x, dy, params = bcn_inputs(rng, shape, groups, np.float32, loc=1000.0, scale=0.01)
+    stats = (np.full(6, 1000, np.float32), np.full(6, 1e-4, np.float32)) if given else None
+    y_ref, _, grads_ref = run("numpy", x, params, dy, num_groups=groups, stats=stats)
+    y, _, grads = run("numba", x, params, dy, num_groups=groups, stats=stats)
+    assert norm_rel_error(y, y_ref) <= 1e-5
+    for got, want in zip(grads, grads_ref):
+        assert norm_rel_error(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("loc,scale", [(7.0, 4.0), (1e5, 1.0)], ids=["near", "offset1e5"])
+def test_bcn_fused_matches_the_composition(dtype, loc, scale):
+    """The fused kernels agree with the "numba" BatchNorm kernel followed by the GroupNorm kernel (on a stored
+    intermediate) to a few units of roundoff, also 1e5 standard deviations from zero: the GN statistics taken from
+    the slice moments of ``x`` (not of the stored ``y₁``) keep the offset out exactly. (The float64 NumPy reference
+    itself drifts by ~1e4 eps at that offset, so the composition is the sharper yardstick here.)"""
+    rng = np.random.default_rng(33)
+    shape, groups = (4, 8, 40, 50), 4  # > 256 KiB in both dtypes: the kernels run in parallel
+    x, dy, params = bcn_inputs(rng, shape, groups, dtype, loc=loc, scale=scale)
+    y, cache = F.forward("batch_channel_norm", x, *params, backend="numba", num_groups=groups)
+    grads = F.backward("batch_channel_norm", dy, cache)
+    y1, bn_cache = F.forward("batch_norm", x, params[0], params[1], backend="numba")
+    tied = [np.repeat(p, shape[1] // groups) for p in params[2:]]
+    y2, gn_cache = F.forward("group_norm", y1, *tied, backend="numba", num_groups=groups)
+    dy1, dtg, dtb = F.backward("group_norm", dy, gn_cache)
+    dx2, dgamma2, dbeta2 = F.backward("batch_norm", dy1, bn_cache)
+    want = [y2, dx2, dgamma2, dbeta2, dtg.reshape(groups, -1).sum(axis=1), dtb.reshape(groups, -1).sum(axis=1)]
+    tol = 16 * np.finfo(dtype).eps  # observed <= 6.3 eps (dbeta, a sum over 16000 values), both dtypes and offsets
+    for got, expected in zip([y, *grads], want):
+        assert norm_rel_error(got, expected) <= tol
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_bcn_bitwise_repeatable(given):
+    rng = np.random.default_rng(34)
+    shape, groups = (4, 8, 40, 50), 4
+    x, dy, params = bcn_inputs(rng, shape, groups, np.float32)
+    stats = (rng.standard_normal(8).astype(np.float32), rng.uniform(0.5, 3, 8).astype(np.float32)) if given else None
+
+    def run_once():
+        y, cache, grads = run("numba", x, params, dy, num_groups=groups, stats=stats)
+        return [y, *grads]
+
+    assert_bitwise_repeatable(run_once)
+
+
+def test_bcn_layer_on_numba_tracks_running_stats_like_numpy():
+    """The layer folds the BN stage's batch statistics from the fused cache (``cache.bn``) as from the reference's;
+    y, dx, the gradients and the running buffers agree over two training steps and an eval step."""
+    rng = np.random.default_rng(35)
+    x, dy = 3 + 2 * rng.standard_normal((4, 8, 6, 5)), rng.standard_normal((4, 8, 6, 5))
+    layers = [nn.BatchChannelNorm(8, num_groups=4, momentum=0.3, backend=b) for b in ("numpy", "numba")]
+    outs = []
+    for layer in layers:
+        layer.params["gamma"][:] = np.linspace(0.5, 1.5, 8)
+        layer.params["group_beta"][:] = np.linspace(-1, 1, 4)
+        steps = [(layer.forward(x), layer.backward(dy)), (layer.forward(x + 1), layer.backward(dy))]
+        outs.append((steps, dict(layer.grads), dict(layer.buffers), layer.eval().forward(x)))
+    assert layers[1].cache.backend == "numba"
+    (s0, g0, b0, e0), (s1, g1, b1, e1) = outs
+    for (y0, dx0), (y1, dx1) in zip(s0, s1):
+        assert norm_rel_error(y1, y0) <= 1e-12 and norm_rel_error(dx1, dx0) <= 1e-12
+    for name in g0:
+        assert norm_rel_error(g1[name], g0[name]) <= 1e-12
+    for name in ("running_mean", "running_var"):
+        assert norm_rel_error(b1[name], b0[name]) <= 1e-12
+    assert norm_rel_error(e1, e0) <= 1e-12

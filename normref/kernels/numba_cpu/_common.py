@@ -279,6 +279,15 @@ def moments(v, lanes, wide):
     ``S₁ = Σ(v - m)``, ``S₂ = Σ(v - m)²``; ``mean = m + S₁/n``, ``var = S₂/n - (S₁/n)²``. No ``E[x²] - E[x]²``:
     ``S₁/n`` is the small correction ``mean - m``, whose square is far below ``S₂/n``.
     """
+    m, c, var = moment_parts(v, lanes, wide)
+    return m + c, var
+
+
+@njit(**HELPER)
+def moment_parts(v, lanes, wide):
+    """:func:`moments` in parts, ``(m, c, var)`` with ``mean = m + c``: the first pass's mean ``m`` (a
+    storage-dtype value, as float64) and the small correction ``c = S₁/n`` kept apart, so a caller can form
+    ``mean - m'`` for a nearby ``m'`` as ``(m - m') + c``, exact in its large part (BatchChannelNorm does)."""
     n = v.size
     shift = v[0]
     m = v.dtype.type(shift + sum_shifted(v, shift, lanes[0], wide[0]) / n)
@@ -297,7 +306,7 @@ def moments(v, lanes, wide):
                 wide[1, k] += lanes[1, k]
         s1, s2 = pairwise_total(wide[0]), pairwise_total(wide[1])
     c = s1 / n
-    return m + c, max(s2 / n - c * c, 0.0)
+    return float(m), c, max(s2 / n - c * c, 0.0)
 
 
 @njit(**HELPER)
