@@ -118,14 +118,27 @@ Q0, Q1, Q2, Q3, Q4, Q5 = (1.0, 0.4743380712629746, 0.029206985531132802, 0.00050
 def tanh_f32(x):
     """``tanh`` of a float32 ``x`` as float32, within 0.5006 ulp of the exact value; vectorizable (module docstring).
 
-    ``±inf → ±1``, ``NaN → NaN``, ``±0 → ±0``, odd bit for bit.
+    ``±inf → ±1``, ``NaN → NaN``, ``±0 → ±0``, odd bit for bit. It is :func:`tanh_f32_wide` rounded once.
+    """
+    return np.float32(tanh_f32_wide(x))
+
+
+@njit(fastmath=False, cache=True, inline="always")
+def tanh_f32_wide(x):
+    """The float64 value that :func:`tanh_f32` rounds: ``np.float32(tanh_f32_wide(x)) == tanh_f32(x)`` bit for bit.
+
+    The clamp, the Horner steps of ``P`` and ``Q`` and the ``copysign``, in float64; :func:`tanh_f32` is this value
+    rounded to float32, and callers that go on computing in float64 use it directly (EvoNorm-S0's sigmoid
+    ``½ + ½·tanh(z/2)``, :mod:`.evonorm`). Within the clamp it is ``tanh x·(1 + δ)``, ``|δ| ≤ 3.72e-11`` (the fit) plus ~1e-15 (the evaluation), for any real ``|x| ≤ c``, not only
+    float32 ones; beyond the clamp it is ``±tanh(c)·(1 + 3.7e-11) = ±(1 - 2.98e-8)``, i.e. off by up to ``3e-8``
+    absolute (invisible after rounding to float32, but not in float64 arithmetic on ``1 ± t``).
     """
     a = abs(np.float64(x))
     a = CLAMP if a > CLAMP else a  # a NaN fails the comparison and stays NaN
     s = a * a
     p = ((((P5 * s + P4) * s + P3) * s + P2) * s + P1) * s + P0
     q = ((((Q5 * s + Q4) * s + Q3) * s + Q2) * s + Q1) * s + Q0
-    return np.float32(math.copysign((a * p) / q, x))
+    return math.copysign((a * p) / q, x)
 
 
 def tanh_storage(x):
