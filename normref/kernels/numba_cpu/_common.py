@@ -310,6 +310,19 @@ def moment_parts(v, lanes, wide):
 
 
 @njit(**HELPER)
+def flush_row_block(r, first, last, c, dgamma_blk, dbeta_blk, dgamma_part, dbeta_part):
+    """Every :data:`DEPTH` rows of a chunk (and at its last row ``last - 1``), add the storage-dtype row buffers
+    ``dgamma_blk``, ``dbeta_blk`` into row ``c`` of the float64 partials and zero them: the row-wise backward's
+    blocking of ``Σ_rows dy·x̂`` and ``Σ_rows dy`` (the error bound's ``D`` rows per block)."""
+    if (r - first) % DEPTH == DEPTH - 1 or r == last - 1:
+        for j in range(dgamma_blk.size):
+            dgamma_part[c, j] += dgamma_blk[j]
+            dbeta_part[c, j] += dbeta_blk[j]
+        dgamma_blk[:] = 0
+        dbeta_blk[:] = 0
+
+
+@njit(**HELPER)
 def _block_dot_sum(dy, x, shift, lanes):
     """``lanes[0, k] = Σ_i dy·(x - shift)``, ``lanes[1, k] = Σ_i dy`` over one block (lane ``k``: ``i·L + k``)."""
     n = x.size

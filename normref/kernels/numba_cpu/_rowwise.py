@@ -55,7 +55,8 @@ from numba import njit, prange
 
 from ._common import (BLOCK, DEPTH, HELPER, LANES, MAX_CHUNKS, PREFETCH_AHEAD, NumbaNormCache,  # noqa: F401
                       chunk_count, dot_sum, given_stats_flat, kernel_affine, kernel_dy, moments, output_like,
-                      pairwise_total, parameter_gradients, prefetch_lines, sum_squares, threads_for)
+                      flush_row_block, pairwise_total, parameter_gradients, prefetch_lines, sum_squares,
+                      threads_for)
 
 
 @njit(**HELPER)
@@ -155,12 +156,8 @@ def rows_backward(x, dy, gamma, mean, rstd, center, batch_stats, dx, dgamma_part
             for j in range(n):  # pass 1: this row's share of dgamma = Σ dy·x̂ and dbeta = Σ dy
                 dgamma_blk[j] += dyr[j] * ((xr[j] - m) * s)
                 dbeta_blk[j] += dyr[j]
-            if (r - first) % DEPTH == DEPTH - 1 or r == last - 1:  # flush the block into the float64 partials
-                for j in range(n):
-                    dgamma_part[c, j] += dgamma_blk[j]
-                    dbeta_part[c, j] += dbeta_blk[j]
-                dgamma_blk[:] = 0
-                dbeta_blk[:] = 0
+            # into the float64 partials every DEPTH rows
+            flush_row_block(r, first, last, c, dgamma_blk, dbeta_blk, dgamma_part, dbeta_part)
             c1 = c2 = x.dtype.type(0)
             if batch_stats:  # pass 2: c1 = mean(g·x̂), c2 = mean(g), g = γ·dy
                 p, q = gamma_sums(gamma, dyr, xr, m, s, lanes, wide)

@@ -110,8 +110,8 @@ from numba import njit, prange
 
 from ..._registry import register
 from ...ops.dyt import dyt_args
-from ._common import (BLOCK, DEPTH, LANES, MAX_CHUNKS, chunk_count, dot_sum, kernel_affine, kernel_dy, output_like,
-                      sum_shifted, threads_for)
+from ._common import (BLOCK, LANES, MAX_CHUNKS, chunk_count, dot_sum, flush_row_block, kernel_affine, kernel_dy,
+                      output_like, sum_shifted, threads_for)
 from ._tanh import tanh_storage
 
 
@@ -209,12 +209,8 @@ def dyt_backward_kernel(x, t, dy, alpha, gamma, per_column, dx, dalpha_part, dga
                     dgamma_part[c, r % channels] += p
                     dbeta_part[c, r % channels] += q
                 dalpha_part[c] += sum_shifted(ws, zero, lanes[0], wide[0])
-            if per_column and ((r - first) % DEPTH == DEPTH - 1 or r == last - 1):  # flush into float64
-                for j in range(n):
-                    dgamma_part[c, j] += dgamma_blk[j]
-                    dbeta_part[c, j] += dbeta_blk[j]
-                dgamma_blk[:] = 0
-                dbeta_blk[:] = 0
+            if per_column:  # flush into float64 every DEPTH rows
+                flush_row_block(r, first, last, c, dgamma_blk, dbeta_blk, dgamma_part, dbeta_part)
 
 
 def dyt_forward(x, alpha, gamma=None, beta=None, *, channels_last=True, out=None):

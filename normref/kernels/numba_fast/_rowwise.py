@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..numba_cpu._common import DEPTH
+from ..numba_cpu._common import flush_row_block
 from ._sums import dot_sums, gamma_dot_sums, moments, sum_squares
 
 BACKEND = "numba-fast"
@@ -74,12 +74,8 @@ def rows_backward(x, dy, gamma, mean, rstd, center, batch_stats, dx, dgamma_part
                 dxr[j] = s * (gamma[j] * dyr[j] - c2 - xhat * c1)
                 dgamma_blk[j] += dyr[j] * xhat
                 dbeta_blk[j] += dyr[j]
-            if (r - first) % DEPTH == DEPTH - 1 or r == last - 1:  # flush the block into the float64 partials
-                for j in range(n):
-                    dgamma_part[c, j] += dgamma_blk[j]
-                    dbeta_part[c, j] += dbeta_blk[j]
-                dgamma_blk[:] = 0
-                dbeta_blk[:] = 0
+            # into the float64 partials every DEPTH rows
+            flush_row_block(r, first, last, c, dgamma_blk, dbeta_blk, dgamma_part, dbeta_part)
 
 
 @njit(**KERNEL)
