@@ -33,7 +33,7 @@ import sys
 import numpy as np
 from numba import njit, prange
 
-from ._common import (HELPER, LANES, NumbaNormCache, dot_sum, given_stats_flat, kernel_affine, kernel_dy, moments,
+from ._common import (HELPER, LANES, NumbaNormCache, backward_arrays, dot_sum, given_stats_flat, kernel_affine, moments,
                       output_like, parameter_gradients, threads_for)
 from ._rowwise import check_cache_backend
 
@@ -169,8 +169,7 @@ def run_channels_backward(dy, cache: NumbaNormCache, out=None, kernels=None):
     k = kernel_set(kernels)
     check_cache_backend(cache, k)
     x3 = cache.x
-    dy3 = kernel_dy(dy, cache.x_shape, x3.dtype).reshape(x3.shape)
-    dx_out = output_like(x3, out, cache.x_shape, inputs=(dy3,))
+    dy3, dx_out = backward_arrays(dy, x3, cache.x_shape, out)
     channels = x3.shape[1]
     dgamma, dbeta = np.empty(channels), np.empty(channels)
     with threads_for(x3.nbytes):

@@ -418,6 +418,14 @@ def kernel_dy(dy, x_shape, dtype) -> np.ndarray:
     return np.ascontiguousarray(dy)
 
 
+def backward_arrays(dy, x_view: np.ndarray, x_shape: tuple[int, ...], out=None):
+    """``(dy_view, dx)`` for a backward: ``dy`` checked against the forward's output (:func:`kernel_dy`) and viewed
+    like the kernel's ``x_view``; ``dx`` fresh, or ``out`` checked (:func:`output_like`: ``x_shape``, C-contiguous,
+    overlapping neither the input nor ``dy``)."""
+    dy_view = kernel_dy(dy, x_shape, x_view.dtype).reshape(x_view.shape)
+    return dy_view, output_like(x_view, out, x_shape, inputs=(dy_view,))
+
+
 def chunk_count(rows: int) -> int:
     """How many row chunks the backward's partial sums use: ``min(rows, MAX_CHUNKS)``, fixed by the shape alone."""
     return max(1, min(rows, MAX_CHUNKS))

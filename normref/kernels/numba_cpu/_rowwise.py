@@ -54,9 +54,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import (BLOCK, DEPTH, HELPER, LANES, MAX_CHUNKS, PREFETCH_AHEAD, NumbaNormCache,  # noqa: F401
-                      chunk_count, dot_sum, given_stats_flat, kernel_affine, kernel_dy, moments, output_like,
-                      flush_row_block, pairwise_total, parameter_gradients, prefetch_lines, sum_squares,
-                      threads_for)
+                      backward_arrays, chunk_count, dot_sum, flush_row_block, given_stats_flat, kernel_affine, moments,
+                      output_like, pairwise_total, parameter_gradients, prefetch_lines, sum_squares, threads_for)
 
 
 @njit(**HELPER)
@@ -312,8 +311,7 @@ def run_rows_backward(dy, cache: NumbaNormCache, out=None, kernels=None):
     k = kernel_set(kernels)
     check_cache_backend(cache, k)
     x2 = cache.x
-    dy2 = kernel_dy(dy, cache.x_shape, x2.dtype).reshape(x2.shape)
-    dx_out = output_like(x2, out, cache.x_shape, inputs=(dy2,))
+    dy2, dx_out = backward_arrays(dy, x2, cache.x_shape, out)
     dx = dx_out.reshape(x2.shape)
     chunks = chunk_count(x2.shape[0])
     dgamma_part = np.zeros((chunks, cache.gamma.size))  # stage 1: chunk c owns row c

@@ -79,8 +79,8 @@ from ..._validate import cast_like, check_param
 from ...ops.batch_norm import batch_norm_args
 from ...ops.group_norm import check_groups
 from ._colwise import chan_merge_equal
-from ._common import (HELPER, LANES, NumbaNormCache, chunk_count, dot_sum, given_stats_flat, kernel_affine, kernel_dy,
-                      moment_parts, output_like, parameter_gradients, threads_for)
+from ._common import (HELPER, LANES, NumbaNormCache, backward_arrays, chunk_count, dot_sum, given_stats_flat,
+                      kernel_affine, moment_parts, output_like, parameter_gradients, threads_for)
 
 
 class NumbaBCNCache(NamedTuple):
@@ -309,8 +309,8 @@ def batch_channel_norm_backward(dy, cache: NumbaBCNCache, *, out=None):
     x3 = bn.x
     batch, channels, seg = x3.shape
     x2 = x3.reshape(batch * groups, (channels // groups) * seg)
-    dy2 = kernel_dy(dy, bn.x_shape, x3.dtype).reshape(x2.shape)
-    dx_out = output_like(x3, out, bn.x_shape, inputs=(dy2,))
+    dy3, dx_out = backward_arrays(dy, x3, bn.x_shape, out)
+    dy2 = dy3.reshape(x2.shape)
     rows = x2.shape[0]
     chunks = chunk_count(rows)
     c1, c2 = np.empty(rows, x3.dtype), np.empty(rows, x3.dtype)

@@ -174,8 +174,8 @@ from ..._validate import cast_like, check_ndim, check_nonempty, check_param, che
 from ...ops import evonorm as reference
 from ...ops.group_norm import check_groups
 from ._colwise import chan_merge_equal
-from ._common import (BLOCK, LANES, as_kernel_array, chunk_count, dot_sum, kernel_affine, kernel_dy, moments,
-                      output_like, real_affine, real_stats, sum_shifted, threads_for)
+from ._common import (BLOCK, LANES, as_kernel_array, backward_arrays, chunk_count, dot_sum, kernel_affine, kernel_dy,
+                      moments, output_like, real_affine, real_stats, sum_shifted, threads_for)
 from ._tanh import CLAMP, tanh_f32_wide
 
 
@@ -342,8 +342,7 @@ def _s0_backward(dy, cache, out):
     x2 = cache.x
     channels = cache.x_shape[1]
     seg = math.prod(cache.x_shape[2:])
-    dy2 = kernel_dy(dy, cache.x_shape, x2.dtype).reshape(x2.shape)
-    dx = output_like(x2, out, cache.x_shape, inputs=(dy2,))
+    dy2, dx = backward_arrays(dy, x2, cache.x_shape, out)
     chunks = chunk_count(x2.shape[0])
     parts = np.zeros((3, chunks, channels))  # stage 1: chunk c owns row c of each
     with threads_for(x2.nbytes):
@@ -469,8 +468,7 @@ def evonorm_b0_forward(x, gamma=None, beta=None, v=None, *, eps=1e-5, stats=None
 
 def _b0_backward(dy, cache, out):
     x3 = cache.x
-    dy3 = kernel_dy(dy, cache.x_shape, x3.dtype).reshape(x3.shape)
-    dx = output_like(x3, out, cache.x_shape, inputs=(dy3,))
+    dy3, dx = backward_arrays(dy, x3, cache.x_shape, out)
     channels = x3.shape[1]
     dgamma, dbeta, dv = np.empty(channels), np.empty(channels), np.empty(channels)
     with threads_for(x3.nbytes):

@@ -78,7 +78,7 @@ from ..._registry import register
 from ..._validate import as_array, check_fraction, check_ndim, check_nonempty, check_positive_float, check_stats
 from ...ops.group_norm import check_groups
 from ...ops.power_norm import GROUP_SCALING_EPS, position_mask
-from ._common import (LANES, as_kernel_array, chunk_count, dot_sum, kernel_affine, kernel_dy, output_like,
+from ._common import (LANES, as_kernel_array, backward_arrays, chunk_count, dot_sum, kernel_affine, output_like,
                       present_gradients, real_affine, real_stats, sum_squares, threads_for)
 
 
@@ -254,8 +254,7 @@ def power_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, group_num=1, stats
 def _dy_sums(dy, cache: NumbaPowerNormCache, out):
     """Backward pass 1: ``(dy3, dx, Σ dy·x', Σ dy)``, the sums ``(C,)`` float64 over all positions."""
     x3 = cache.x
-    dy3 = kernel_dy(dy, cache.x_shape, x3.dtype).reshape(x3.shape)
-    dx = output_like(x3, out, cache.x_shape, inputs=(dy3,))
+    dy3, dx = backward_arrays(dy, x3, cache.x_shape, out)
     parts = np.zeros((2, chunk_count(x3.shape[0]), x3.shape[1]))
     with threads_for(x3.nbytes):
         sums_kernel(x3, dy3, cache.scale, parts[0], parts[1])

@@ -123,7 +123,7 @@ from ..._registry import register
 from ...ops.region_norm import (ConvCache, rn_b_args, rn_b_param_grads, rn_b_region_affine, rn_l_args,
                                 rn_l_response_backward, rn_l_response_forward)
 from ._colwise import chan_merge_equal
-from ._common import BLOCK, HELPER, LANES, kernel_dy, output_like, pairwise_total, threads_for
+from ._common import BLOCK, HELPER, LANES, backward_arrays, kernel_dy, output_like, pairwise_total, threads_for
 from ._rowwise import check_cache_backend
 
 BACKEND = "numba"
@@ -366,8 +366,7 @@ def run_region_backward(dy, cache: NumbaRegionCache, out=None):
     :func:`normref.ops.region_norm.region_normalize_backward`."""
     check_cache_backend(cache, sys.modules[__name__])
     x3 = cache.x
-    dy3 = kernel_dy(dy, cache.x_shape, x3.dtype).reshape(x3.shape)
-    dx = output_like(x3, out, cache.x_shape, inputs=(dy3,))
+    dy3, dx = backward_arrays(dy, x3, cache.x_shape, out)
     channels = x3.shape[1]
     dscale, dbias = np.empty((channels, 2)), np.empty((channels, 2))
     with threads_for(x3.nbytes):

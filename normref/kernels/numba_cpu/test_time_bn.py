@@ -73,7 +73,7 @@ from ..._registry import register
 from ...ops.test_time_bn import alpha_batch_norm_args
 from . import _colwise
 from ._colwise import channel_moments, run_channels_forward
-from ._common import LANES, NumbaNormCache, dot_sum, kernel_dy, output_like, parameter_gradients, threads_for
+from ._common import LANES, NumbaNormCache, backward_arrays, dot_sum, parameter_gradients, threads_for
 from ._rowwise import check_cache_backend
 
 
@@ -188,8 +188,7 @@ def alpha_batch_norm_backward(dy, cache: NumbaAlphaBatchNormCache, *, out=None):
     norm = cache.norm
     check_cache_backend(norm, _colwise)
     x3 = norm.x
-    dy3 = kernel_dy(dy, norm.x_shape, x3.dtype).reshape(x3.shape)
-    dx = output_like(x3, out, norm.x_shape, inputs=(dy3,))
+    dy3, dx = backward_arrays(dy, x3, norm.x_shape, out)
     channels = x3.shape[1]
     dgamma, dbeta = np.empty(channels), np.empty(channels)
     with threads_for(x3.nbytes):

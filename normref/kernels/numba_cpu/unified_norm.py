@@ -116,7 +116,7 @@ from ..._registry import register
 from ..._validate import check_fraction
 from ...ops.unified_norm import (UnifiedNormState, check_grad_state, gradient_statistic, step_statistic,
                                  unified_norm_args)
-from ._common import (LANES, chunk_count, dot_sum, kernel_affine, kernel_dy, output_like, present_gradients,
+from ._common import (LANES, backward_arrays, chunk_count, dot_sum, kernel_affine, output_like, present_gradients,
                       sum_squares, threads_for)
 
 
@@ -265,8 +265,7 @@ def _dy_sums(dy, cache: NumbaUnifiedNormCache, out):
     """Backward pass 1: ``(dy2, dx, P, Q)`` with ``P = Σ dy·x``, ``Q = Σ dy`` ``(C,)`` float64 over all positions."""
     x2 = cache.x
     channels = cache.rstd.size
-    dy2 = kernel_dy(dy, cache.x_shape, x2.dtype).reshape(x2.shape)
-    dx = output_like(x2, out, cache.x_shape, inputs=(dy2,))
+    dy2, dx = backward_arrays(dy, x2, cache.x_shape, out)
     parts = np.zeros((2, chunk_count(x2.shape[0]), channels))
     with threads_for(x2.nbytes):
         sums_kernel(x2, dy2, channels, parts[0], parts[1])

@@ -29,7 +29,7 @@ from numba import njit, prange
 from ..._registry import register
 from ..._validate import cast_like, check_ndim, check_nonempty, check_param, check_positive_float, check_stats
 from ...ops.weight_standardization import _check_eps_mode
-from ._common import LANES, as_kernel_array, dot_sum, kernel_dy, moments, output_like, real_stats, threads_for
+from ._common import LANES, as_kernel_array, backward_arrays, dot_sum, moments, output_like, real_stats, threads_for
 
 EPS_MODE_CODES = {"inside": 0, "outside": 1, "floor": 2}
 
@@ -155,8 +155,7 @@ def scaled_weight_standardization_forward(w, gain=None, *, eps=None, eps_mode="f
 def weight_standardization_backward(dy, cache: NumbaWSCache, *, out=None):
     """``(dw, dgain)`` like the reference's backward; ``dgain`` is ``None`` without a gain."""
     w2 = cache.w
-    dy2 = kernel_dy(dy, cache.w_shape, w2.dtype).reshape(w2.shape)
-    dw = output_like(w2, out, cache.w_shape, inputs=(dy2,))
+    dy2, dw = backward_arrays(dy, w2, cache.w_shape, out)
     dgain = np.empty(w2.shape[0])
     with threads_for(w2.nbytes):
         ws_backward_kernel(w2, dy2, cache.scale, cache.mean, cache.rden, cache.k, cache.gamma_act,
