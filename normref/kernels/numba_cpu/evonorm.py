@@ -202,13 +202,15 @@ class NumbaEvoNormCache(NamedTuple):
 
 
 def _prepare(x, gamma, beta, v):
-    """The reference's validation, real only; returns contiguous ``x``, cast parameters."""
+    """The reference's validation, real only; returns contiguous ``x`` and ``v``, cast parameters."""
     x = as_kernel_array(x, "x")
     check_ndim(x, "x", (3, 4, 5), "(N, C, *spatial) with 1 to 3 spatial axes")
     check_nonempty(x, "x")
     num_channels = x.shape[1]
     gamma, beta = real_affine(x, gamma, beta, (num_channels,))
     v = cast_like(x, check_param(v, "v", (num_channels,), allow_complex=False))
+    if v is not None:  # a strided v would compile the kernels a second time, for a non-contiguous layout
+        v = np.ascontiguousarray(v)
     return x, gamma, beta, v, (1, num_channels) + (1,) * (x.ndim - 2)
 
 
