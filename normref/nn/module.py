@@ -92,6 +92,26 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
+    def astype(self, dtype) -> "Module":
+        """Cast every floating parameter, gradient and floating-array buffer to ``dtype``, in place; return ``self``.
+
+        PyTorch's ``module.to(dtype)`` (``.float()``, ``.double()``): integer buffers (step counters, seeds) keep their
+        type, and a layer's ``dtype`` attribute follows, so it creates new state in the new precision.
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"astype: dtype must be a floating dtype (float32 or float64), got {dtype}")
+        for module in self.modules():
+            for name, value in module.params.items():
+                module.params[name] = value.astype(dtype, copy=False)
+                module.grads[name] = module.grads[name].astype(dtype, copy=False)
+            for name, value in module.buffers.items():
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                    module.buffers[name] = value.astype(dtype, copy=False)
+            if isinstance(getattr(module, "dtype", None), np.dtype):
+                module.dtype = dtype
+        return self
+
     def state_dict(self) -> dict[str, object]:
         """Copies of every parameter and buffer, by dotted name."""
         state = {name: np.array(value, copy=True) for name, value in self.named_parameters()}

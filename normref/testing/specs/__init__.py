@@ -44,14 +44,18 @@ class LayerSpec:
     warmup_steps: int = 2  # training forwards before an eval check, so running statistics are not the init values
     citation: str = ""
 
-    def build(self, shape, affine: bool, backend: str | None = None, rng=None):
-        """A layer for ``shape``, on ``backend``, in training mode, with non-trivial running statistics."""
+    def build(self, shape, affine: bool, backend: str | None = None, rng=None, dtype=None):
+        """A layer for ``shape``, on ``backend``, in training mode, with non-trivial running statistics; its
+        parameters and buffers cast to ``dtype`` (and its warm-up inputs made in it) unless that is ``None``."""
         layer = self.make(tuple(shape), affine)
+        if dtype is not None:
+            layer.astype(dtype)
         if backend is not None:
             layer.backend = backend
         rng = np.random.default_rng(1) if rng is None else rng
         for _ in range(self.warmup_steps if layer.buffers else 0):
-            layer.forward(self.make_input(rng, shape))
+            x = self.make_input(rng, shape)
+            layer.forward(x if dtype is None else x.astype(dtype))
         return layer
 
 
