@@ -20,7 +20,7 @@ collect_ignore_glob = ["normref/kernels/cuda/*"]
 
 # The CUDA tests run under the simulator in a child process (tests/test_cuda_simulator.py says why). That child takes
 # about a minute of mostly single-threaded Python, so it is started as soon as collection finishes and runs beside the
-# other tests; its test only waits for it. Run alone, the test starts it itself.
+# other tests; its test, moved to the end of the run, only waits for it. Run alone, the test starts it itself.
 SIMULATOR_TEST = "test_cuda_backend_tests_pass_under_the_simulator"
 _simulator: dict = {}
 
@@ -42,6 +42,11 @@ def start_simulator_run() -> tuple[subprocess.Popen, object]:
         _simulator["process"] = subprocess.Popen(simulator_command(), cwd=ROOT, env=env, stdout=log,
                                                  stderr=subprocess.STDOUT, text=True)
     return _simulator["process"], _simulator["log"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The simulator's test only waits for the child, so it runs last: the other tests fill that minute."""
+    items.sort(key=lambda item: getattr(item, "name", "") == SIMULATOR_TEST)
 
 
 def pytest_collection_finish(session):
