@@ -72,6 +72,7 @@ def test_plan_orders_by_dtype_then_backend_then_op_and_filters_layers():
     (dict(backends=["numpy"]), "backends: each must be one of"),
     (dict(backends=["cuda"]), "backends: each must be one of"),
     (dict(dtypes=["float16"]), "dtypes: each must be one of"),
+    (dict(layers=["LayerNorm", "NoSuchNorm"]), r"layers: unknown \['nosuchnorm'\]; known: \['"),
 ])
 def test_plan_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -124,6 +125,7 @@ def test_cli_prints_one_line_per_task_and_the_totals():
 @pytest.mark.parametrize("argv,message", [
     (("--layer", "Linear"), "no Numba kernel for layer(s) ['Linear']"),
     (("-j", "0", "--layer", "DyT"), "--jobs must be >= 1, got 0"),
+    (("--layer", "NoSuchNorm"), "normref compile: layers: unknown ['nosuchnorm']"),
 ])
 def test_cli_refuses(argv, message):
     status, _, err = run_cli(*argv)

@@ -35,7 +35,11 @@ def run(args) -> int:
         if status[backend] is not None:
             print(f"normref compile: backend {backend!r} is not available: {status[backend]}", file=sys.stderr)
             return 2
-    tasks = pc.plan(backends, args.dtype or pc.DTYPES, args.layer)
+    try:
+        tasks = pc.plan(backends, args.dtype or pc.DTYPES, args.layer)
+    except ValueError as exc:
+        print(f"normref compile: {exc}", file=sys.stderr)
+        return 2
     if not tasks:
         print(f"normref compile: no Numba kernel for layer(s) {args.layer}", file=sys.stderr)
         return 2
@@ -54,7 +58,7 @@ def run(args) -> int:
         finished.append(result)
         outcome = f"FAILED {result.error}" if result.error else \
             f"{result.compiled:>3} compiled, {result.loaded:>3} loaded"
-        print(f"{count} {t.backend:<10} {t.dtype:<7} {t.op:<22} {result.seconds:6.1f} s  {outcome}", flush=True)
+        print(f"{count} {t.backend:<10} {t.dtype:<7} {t.op:<29} {result.seconds:6.1f} s  {outcome}", flush=True)
 
     finished: list = []
     start = time.perf_counter()

@@ -57,7 +57,8 @@ def plan(backends: Iterable[str] = CPU_BACKENDS, dtypes: Iterable[str] = DTYPES,
          layers: Iterable[str] | None = None) -> list[Task]:
     """The tasks for ``backends`` × ``dtypes`` × ops that have a kernel there, each with the specs of that op.
 
-    Ordered by dtype, then backend, then op, so that workers starting together take different ops.
+    Ordered by dtype, then backend, then op, so that workers starting together take different ops. ``layers``
+    names specs (case-insensitive, as ``normref check --layer``); an unknown name is a ``ValueError``.
     """
     backends, dtypes = list(backends), [np.dtype(d).name for d in dtypes]
     for backend in backends:
@@ -66,9 +67,13 @@ def plan(backends: Iterable[str] = CPU_BACKENDS, dtypes: Iterable[str] = DTYPES,
     for dtype in dtypes:
         if dtype not in DTYPES:
             raise ValueError(f"dtypes: each must be one of {DTYPES}, got {dtype!r}")
+    specs = spec_table.all_specs()
     wanted = None if layers is None else {name.lower() for name in layers}
+    unknown = set() if wanted is None else wanted - {s.name.lower() for s in specs}
+    if unknown:
+        raise ValueError(f"layers: unknown {sorted(unknown)}; known: {[s.name for s in specs]}")
     by_op: dict[str, list[str]] = {}
-    for spec in spec_table.all_specs():
+    for spec in specs:
         if spec.op and (wanted is None or spec.name.lower() in wanted):
             by_op.setdefault(spec.op, []).append(spec.name)
     return [Task(backend, dtype, op, tuple(names))
