@@ -105,6 +105,31 @@ def test_workers_fill_the_cache_that_a_later_run_loads(tmp_path, monkeypatch):
     assert all(not r.error and r.compiled == 0 and r.loaded > 0 for r in second), second
 
 
+def test_cache_saves_in_a_worker_hold_the_lock(tmp_path, monkeypatch):
+    """The wrapped save runs Numba's with the lock file locked (a second descriptor cannot take it), once wrapped."""
+    fcntl = pytest.importorskip("fcntl", reason="POSIX only: without fcntl, normref compile uses one process")
+    from numba.core.caching import IndexDataCacheFile
+
+    lock = tmp_path / "cache.lock"
+    seen = []
+
+    def numba_save(self, key, data):
+        with open(lock, "a") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+
+    monkeypatch.setattr(IndexDataCacheFile, "save", numba_save)  # restored to Numba's own after the test
+    assert pc.serialize_cache_writes(lock) and pc.serialize_cache_writes(lock)
+    assert IndexDataCacheFile.save._normref_original is numba_save  # wrapped once, not twice
+    IndexDataCacheFile.save(None, "key", "data")
+    assert seen == ["held"]
+    with open(lock, "a") as probe:  # and released afterwards
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 # -- the command ------------------------------------------------------------------------------------------------------
 def run_cli(*argv):
     out, err = io.StringIO(), io.StringIO()

@@ -48,8 +48,12 @@ def run(args) -> int:
         print(f"normref compile: --jobs must be >= 1, got {jobs}", file=sys.stderr)
         return 2
     cache = os.environ.get("NUMBA_CACHE_DIR") or "__pycache__ beside each kernel module"
-    print(f"normref compile: {len(tasks)} tasks on {min(jobs, len(tasks))} worker process(es); cache: {cache}",
-          flush=True)
+    workers = min(jobs, len(tasks))
+    if workers > 1 and not pc.parallel_supported():
+        print("normref compile: Numba's cache saves cannot be serialized here (no fcntl): one process",
+              file=sys.stderr)
+        workers = 1
+    print(f"normref compile: {len(tasks)} tasks on {workers} worker process(es); cache: {cache}", flush=True)
     width = len(str(len(tasks)))
 
     def progress(result):
@@ -62,7 +66,7 @@ def run(args) -> int:
 
     finished: list = []
     start = time.perf_counter()
-    results = pc.precompile(tasks, jobs, on_result=progress)
+    results = pc.precompile(tasks, workers, on_result=progress)
     wall = time.perf_counter() - start
     failed = [r for r in results if r.error]
     busy = sum(r.seconds for r in results)

@@ -1,7 +1,7 @@
 """Compile every Numba CPU kernel ahead of use, in parallel worker processes, into Numba's on-disk cache.
 
 The first call of a Numba op in a process compiles its kernels for the argument types it meets (about a second per
-kernel signature, ~140 signatures for both dtypes and both CPU backends), or loads them from the on-disk cache that an
+kernel signature, about 175 of them for both dtypes and both CPU backends), or loads them from the on-disk cache that an
 earlier process wrote (``cache=True``; the folder is ``NUMBA_CACHE_DIR``, else ``__pycache__`` beside the kernels).
 Numba compiles on one core, so a cold cache costs minutes of one core, paid by whichever process runs first.
 
@@ -12,6 +12,15 @@ the cache ends up holding the signatures real use asks for. The work is one task
 ``jobs`` worker processes; a task compiles the kernels of one op, so two workers rarely compile the same function
 (shared helpers excepted). Each task reports how many kernel signatures it compiled and how many it found in the
 cache (Numba's per-dispatcher counters), so a second run shows everything loaded.
+
+**Concurrent cache writes.** Numba saves a compiled signature by reading the function's index, picking the first
+free data-file number, writing the index, then the data file. Two processes saving *different* signatures of the
+same function at the same moment can both pick number 1, and the index can end up naming one signature while the
+file holds the other's machine code, which a later process would load under the wrong signature. Workers that
+compile shared helpers for both dtypes side by side make that interleaving likely enough to matter, so each worker
+takes an exclusive ``flock`` on one lock file around every save (:func:`serialize_cache_writes`): a save takes
+milliseconds, the compilation before it a second, so nothing waits measurably. Where that is impossible (no
+``fcntl``, or a Numba without ``IndexDataCacheFile.save``) :func:`precompile` runs the tasks in one process.
 
 Surrogate layers (PowerNorm, Unified Norm) also run their paper's backward (``backward_kind = "approx"``), whose
 rule is a kernel of its own. The CUDA backend is not covered: its kernels are compiled per process by the driver.
@@ -135,6 +144,48 @@ def run_task(task: Task) -> TaskResult:
     return TaskResult(task, seconds, after[0] - before[0], after[1] - before[1], error)
 
 
+def serialize_cache_writes(lock_path) -> bool:
+    """Make every Numba cache save in this process hold an exclusive ``flock`` on ``lock_path`` (module docstring).
+
+    Returns ``False``, changing nothing, where that cannot be done. Idempotent.
+    """
+    try:
+        import fcntl
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:
+        return False
+    original = getattr(IndexDataCacheFile, "save", None)
+    if original is None:
+        return False
+    if getattr(original, "_normref_lock_path", None) is not None:
+        return True
+
+    def save(self, key, data):
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            return original(self, key, data)
+
+    save._normref_lock_path = str(lock_path)
+    save._normref_original = original
+    IndexDataCacheFile.save = save
+    return True
+
+
+def parallel_supported() -> bool:
+    """Whether worker processes can share the cache safely here (see :func:`serialize_cache_writes`)."""
+    try:
+        import fcntl  # noqa: F401
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:
+        return False
+    return hasattr(IndexDataCacheFile, "save")
+
+
+def _start_worker(lock_path) -> None:
+    if not serialize_cache_writes(lock_path):  # parallel_supported() said it would work
+        raise RuntimeError("normref compile: could not serialize Numba cache writes in a worker process")
+
+
 def default_jobs() -> int:
     """The cores this process may run on."""
     try:
@@ -145,11 +196,12 @@ def default_jobs() -> int:
 
 def precompile(tasks: list[Task], jobs: int | None = None,
                on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
-    """Run ``tasks`` on ``jobs`` worker processes (in this process if 1); results in completion order.
+    """Run ``tasks`` on ``jobs`` worker processes (in this process if 1, or if :func:`parallel_supported` is
+    false); results in completion order.
 
     Unavailable backends raise ``ValueError`` before anything runs. ``on_result`` is called as each task finishes
     (progress). Workers are spawned, not forked, so each starts with a clean Numba state and reads the same
-    environment (``NUMBA_CACHE_DIR``) as this process.
+    environment (``NUMBA_CACHE_DIR``) as this process; their cache saves are serialized by a lock file.
     """
     jobs = default_jobs() if jobs is None else jobs
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -165,15 +217,19 @@ def precompile(tasks: list[Task], jobs: int | None = None,
         if on_result is not None:
             on_result(result)
 
-    if jobs == 1 or len(tasks) <= 1:
+    if jobs == 1 or len(tasks) <= 1 or not parallel_supported():
         for task in tasks:
             done(run_task(task))
         return results
     import concurrent.futures
     import multiprocessing
+    import tempfile
 
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
-                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+    with tempfile.TemporaryDirectory(prefix="normref-compile-") as tmp, \
+            concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
+                                                   mp_context=multiprocessing.get_context("spawn"),
+                                                   initializer=_start_worker,
+                                                   initargs=(os.path.join(tmp, "cache.lock"),)) as pool:
         for future in concurrent.futures.as_completed([pool.submit(run_task, t) for t in tasks]):
             done(future.result())
     return results
