@@ -242,3 +242,25 @@ finally:
     numba.set_num_threads(previous)
 for name, ts in times.items():
     print(f"LayerNorm forward kernel, {name:>10}: {1e9 * np.median(ts) / x.size:.2f} ns/value (one thread)")
+
+# %% [markdown]
+# ## 7. Compilation: once per signature, ahead of time, on every core
+#
+# A kernel is compiled the first time it meets a new *signature*: the dtypes, dimensions and layouts of its
+# arguments. float32 and float64 are two compilations, and so would be a strided `(N, C)` view against a
+# contiguous array, which is one reason the drivers make their inputs contiguous before calling a kernel. With
+# `cache=True` the machine code goes to disk (`NUMBA_CACHE_DIR`, else `__pycache__`), and later processes load it
+# in milliseconds. Each kernel's dispatcher counts both:
+
+# %%
+for kernel in (_rowwise.rows_forward, fast_rowwise.rows_forward):
+    print(f"{kernel.py_func.__module__}.{kernel.__name__}: {len(kernel.signatures)} signature(s) in this process; "
+          f"compiled here {sum(kernel.stats.cache_misses.values())}, "
+          f"loaded from the disk cache {sum(kernel.stats.cache_hits.values())}")
+
+# %% [markdown]
+# Compiling every kernel of both backends in both dtypes takes about three minutes of one core, and Numba compiles
+# on one core. `normref compile` runs every layer's forward and backward once per backend and dtype, one op per
+# task, on one worker process per core, so the cache is full before the first real call (about 90 s on this 2-core
+# machine; CI runs it first). The workers share one cache, and Numba's cache is not safe for two processes saving
+# two signatures of one function at the same instant, so each worker holds a lock file around every save.

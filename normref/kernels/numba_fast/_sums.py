@@ -60,30 +60,45 @@ SUMS = dict(fastmath=set(FASTMATH), cache=True)
 BLOCK = 256
 
 
+# Each sum is a loop over blocks calling a block helper on the slice ``v[b:b + BLOCK]``, whose loop runs from 0 to
+# the slice's size. Written as one loop nest instead (``for j in range(b, min(n, b + BLOCK))``), LLVM 20 (llvmlite
+# 0.50, Numba 0.68) leaves the inner loop scalar: measured on one thread, 256×1000 float32 rows in cache, the shifted
+# sum cost 1.48 ns/value that way, 0.45 with a fixed trip count plus a tail loop, and 0.14 as written here.
+
+
+@njit(**SUMS)
+def _block_shifted(w, shift):
+    t = w.dtype.type(0)
+    for j in range(w.size):
+        t += w[j] - shift
+    return t
+
+
 @njit(**SUMS)
 def shifted_total(v, shift):
     """``Σ_j (v[j] - shift)`` in float64 (float32 blocks of :data:`BLOCK` for float32 ``v``)."""
-    n = v.size
     total = 0.0
-    for b in range(0, n, BLOCK):
-        block = v.dtype.type(0)
-        for j in range(b, min(n, b + BLOCK)):
-            block += v[j] - shift
-        total += block
+    for b in range(0, v.size, BLOCK):
+        total += _block_shifted(v[b:b + BLOCK], shift)
     return total
+
+
+@njit(**SUMS)
+def _block_centered(w, m):
+    a1 = a2 = w.dtype.type(0)
+    for j in range(w.size):
+        d = w[j] - m
+        a1 += d
+        a2 += d * d
+    return a1, a2
 
 
 @njit(**SUMS)
 def centered_sums(v, m):
     """``(Σ_j d_j, Σ_j d_j²)``, ``d = v - m``, in float64: the second pass of :func:`moments`."""
-    n = v.size
     s1 = s2 = 0.0
-    for b in range(0, n, BLOCK):
-        a1 = a2 = v.dtype.type(0)
-        for j in range(b, min(n, b + BLOCK)):
-            d = v[j] - m
-            a1 += d
-            a2 += d * d
+    for b in range(0, v.size, BLOCK):
+        a1, a2 = _block_centered(v[b:b + BLOCK], m)
         s1 += a1
         s2 += a2
     return s1, s2
@@ -106,44 +121,58 @@ def moments(v):
 
 
 @njit(**SUMS)
+def _block_squares(w):
+    t = w.dtype.type(0)
+    for j in range(w.size):
+        t += w[j] * w[j]
+    return t
+
+
+@njit(**SUMS)
 def sum_squares(v):
     """``Σ_j v[j]²`` in float64: RMSNorm's mean square (nothing to cancel, no shift)."""
-    n = v.size
     total = 0.0
-    for b in range(0, n, BLOCK):
-        block = v.dtype.type(0)
-        for j in range(b, min(n, b + BLOCK)):
-            block += v[j] * v[j]
-        total += block
+    for b in range(0, v.size, BLOCK):
+        total += _block_squares(v[b:b + BLOCK])
     return total
+
+
+@njit(**SUMS)
+def _block_dots(dy, x, m):
+    pb = qb = x.dtype.type(0)
+    for j in range(x.size):
+        pb += dy[j] * (x[j] - m)
+        qb += dy[j]
+    return pb, qb
 
 
 @njit(**SUMS)
 def dot_sums(dy, x, m):
     """``(Σ_j dy[j]·(x[j] - m), Σ_j dy[j])`` in float64: a BatchNorm slice or a GroupNorm segment's backward sums."""
-    n = x.size
     p = q = 0.0
-    for b in range(0, n, BLOCK):
-        pb = qb = x.dtype.type(0)
-        for j in range(b, min(n, b + BLOCK)):
-            pb += dy[j] * (x[j] - m)
-            qb += dy[j]
+    for b in range(0, x.size, BLOCK):
+        pb, qb = _block_dots(dy[b:b + BLOCK], x[b:b + BLOCK], m)
         p += pb
         q += qb
     return p, q
 
 
 @njit(**SUMS)
+def _block_gamma_dots(gamma, dy, x, m):
+    pb = qb = x.dtype.type(0)
+    for j in range(x.size):
+        g = gamma[j] * dy[j]
+        pb += g * (x[j] - m)
+        qb += g
+    return pb, qb
+
+
+@njit(**SUMS)
 def gamma_dot_sums(gamma, dy, x, m):
     """``(Σ_j g_j·(x[j] - m), Σ_j g_j)``, ``g = γ·dy``, in float64: a LayerNorm/RMSNorm row's backward sums."""
-    n = x.size
     p = q = 0.0
-    for b in range(0, n, BLOCK):
-        pb = qb = x.dtype.type(0)
-        for j in range(b, min(n, b + BLOCK)):
-            g = gamma[j] * dy[j]
-            pb += g * (x[j] - m)
-            qb += g
+    for b in range(0, x.size, BLOCK):
+        pb, qb = _block_gamma_dots(gamma[b:b + BLOCK], dy[b:b + BLOCK], x[b:b + BLOCK], m)
         p += pb
         q += qb
     return p, q
