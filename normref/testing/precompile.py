@@ -67,12 +67,16 @@ def plan(backends: Iterable[str] = CPU_BACKENDS, dtypes: Iterable[str] = DTYPES,
     """The tasks for ``backends`` × ``dtypes`` × ops that have a kernel there, each with the specs of that op.
 
     Ordered by dtype, then backend, then op, so that workers starting together take different ops. ``layers``
-    names specs (case-insensitive, as ``normref check --layer``); an unknown name is a ``ValueError``.
+    names specs (case-insensitive, as ``normref check --layer``). An unknown name, or a backend that did not load,
+    is a ``ValueError``.
     """
     backends, dtypes = list(backends), [np.dtype(d).name for d in dtypes]
+    status = available_backends()
     for backend in backends:
         if backend not in CPU_BACKENDS:
             raise ValueError(f"backends: each must be one of {CPU_BACKENDS} (Numba's on-disk cache), got {backend!r}")
+        if status[backend] is not None:
+            raise ValueError(f"backend {backend!r} is not available: {status[backend]}")
     for dtype in dtypes:
         if dtype not in DTYPES:
             raise ValueError(f"dtypes: each must be one of {DTYPES}, got {dtype!r}")
@@ -144,19 +148,28 @@ def run_task(task: Task) -> TaskResult:
     return TaskResult(task, seconds, after[0] - before[0], after[1] - before[1], error)
 
 
+def parallel_supported() -> bool:
+    """Whether worker processes can share the cache safely here (see :func:`serialize_cache_writes`)."""
+    try:
+        import fcntl  # noqa: F401
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:
+        return False
+    return hasattr(IndexDataCacheFile, "save")
+
+
 def serialize_cache_writes(lock_path) -> bool:
     """Make every Numba cache save in this process hold an exclusive ``flock`` on ``lock_path`` (module docstring).
 
     Returns ``False``, changing nothing, where that cannot be done. Idempotent.
     """
-    try:
-        import fcntl
-        from numba.core.caching import IndexDataCacheFile
-    except ImportError:
+    if not parallel_supported():
         return False
-    original = getattr(IndexDataCacheFile, "save", None)
-    if original is None:
-        return False
+    import fcntl
+
+    from numba.core.caching import IndexDataCacheFile
+
+    original = IndexDataCacheFile.save
     if getattr(original, "_normref_lock_path", None) is not None:
         return True
 
@@ -169,16 +182,6 @@ def serialize_cache_writes(lock_path) -> bool:
     save._normref_original = original
     IndexDataCacheFile.save = save
     return True
-
-
-def parallel_supported() -> bool:
-    """Whether worker processes can share the cache safely here (see :func:`serialize_cache_writes`)."""
-    try:
-        import fcntl  # noqa: F401
-        from numba.core.caching import IndexDataCacheFile
-    except ImportError:
-        return False
-    return hasattr(IndexDataCacheFile, "save")
 
 
 def _start_worker(lock_path) -> None:
@@ -199,17 +202,13 @@ def precompile(tasks: list[Task], jobs: int | None = None,
     """Run ``tasks`` on ``jobs`` worker processes (in this process if 1, or if :func:`parallel_supported` is
     false); results in completion order.
 
-    Unavailable backends raise ``ValueError`` before anything runs. ``on_result`` is called as each task finishes
+    ``tasks`` come from :func:`plan`, which has checked their backends. ``on_result`` is called as each task finishes
     (progress). Workers are spawned, not forked, so each starts with a clean Numba state and reads the same
     environment (``NUMBA_CACHE_DIR``) as this process; their cache saves are serialized by a lock file.
     """
     jobs = default_jobs() if jobs is None else jobs
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
-    status = available_backends()
-    for backend in sorted({t.backend for t in tasks}):
-        if status[backend] is not None:
-            raise ValueError(f"backend {backend!r} is not available: {status[backend]}")
     results = []
 
     def done(result):
